@@ -1,0 +1,23 @@
+"""Errors the user can fix, and the one way the command-line tools report them."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+class UserError(Exception):
+    """Bad input: reported as one line naming the problem and the fix, exit code 2."""
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite: the trial is marked diverged."""
+
+
+def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    """Run a CLI entry point; a UserError becomes `error: <message>` on stderr and exit code 2."""
+    try:
+        return int(main(argv) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
