@@ -7,6 +7,7 @@ config, the MLflow params and the exported best.yaml all use these field names.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 
 from trainable.errors import UserError
@@ -186,18 +187,18 @@ def coerce(name: str, value, source: str = "config"):
 
 
 def scale_schedule(values: dict, old_epochs: int, new_epochs: int, keep: set[str] = frozenset()) -> dict:
-    """Scale the schedule epochs not in `keep` from an old_epochs run to a new_epochs run.
+    """Set epochs=new_epochs and scale the schedule epochs not in `keep` from old_epochs to it.
 
     Rounding keeps the order of the knobs (it is monotone); stage 3 is pushed one epoch past
     stage 2 when rounding collapses them on very short runs.
     """
+    out = {**values, "epochs": new_epochs}
     if old_epochs == new_epochs:
-        return dict(values)
-    out = dict(values)
+        return out
     ratio = new_epochs / old_epochs
     for name in SCHEDULE_FIELDS:
         if name not in keep:
-            out[name] = min(new_epochs, max(0, int(round(values[name] * ratio + 1e-9))))
+            out[name] = min(new_epochs, max(0, math.floor(values[name] * ratio + 0.5)))  # half rounds up
     if "stage3_epoch" not in keep and out["stage3_epoch"] <= out["stage2_epoch"]:
         out["stage3_epoch"] = out["stage2_epoch"] + 1
     if "warmup_epochs" not in keep and out["warmup_epochs"] >= new_epochs:
@@ -239,6 +240,8 @@ def _validate(cfg: TrainConfig) -> None:
         bad("ema_decay", "must be in (0, 1), e.g. 0.999")
     if not 0.0 < cfg.tail_fraction <= 1.0:
         bad("tail_fraction", "must be in (0, 1], e.g. 0.25")
+    if cfg.loss_type == "multitask" and cfg.model_type != "multitask":
+        bad("loss_type", "needs --model-type multitask (it adds the crop and severity heads)")
     if cfg.fewshot_head_lr_scale <= 0:
         bad("fewshot_head_lr_scale", "must be positive")
     for name in SCHEDULE_FIELDS:

@@ -1,0 +1,108 @@
+import argparse
+
+import pytest
+
+from trainable.cli_config import add_config_arguments, resolve_config
+from trainable.config import SCHEDULE_FIELDS, TrainConfig, scale_schedule
+from trainable.errors import UserError
+
+SEED_FLAG_DEFAULTS = {
+    "train_dir": "data/cleaned/train", "val_dir": "data/cleaned/val",
+    "train_meta": "data/cleaned/metadata/train_metadata.csv",
+    "val_meta": "data/cleaned/metadata/val_metadata.csv",
+    "class_weights": "data/cleaned/metadata/class_weights.csv",
+    "model_type": "baseline", "backbone": "resnet50", "pretrained": True, "dropout": 0.3, "image_size": 224,
+    "epochs": 50, "batch_size": 32, "lr": 5e-4, "weight_decay": 1e-4, "label_smoothing": 0.05,
+    "optimizer": "adamw", "scheduler": "cosine", "use_amp": True, "loss_type": "weighted_ce",
+    "use_class_weights": True, "balance_sampler": False, "mixup_alpha": 0.4, "mixup_prob": 0.7,
+    "cutmix_alpha": 0.6, "cutmix_prob": 0.5, "use_ema": False, "ema_decay": 0.999, "stage2_epoch": 10,
+    "stage3_epoch": 20, "smoothing_decay_epoch1": 12, "smoothing_decay_epoch2": 18,
+    "disable_sampler_epoch": 15, "lr_restart_epoch": 25, "tail_focal_epoch": 18,
+    "progressive_resize_epoch": 30, "progressive_image_size": 256, "final_clean_epoch": 40,
+    "mixup_decay_epoch1": 10, "mixup_decay_epoch2": 12, "mixup_disable_epoch": 15,
+    "cutmix_disable_epoch": 10, "use_cosine_classifier": False, "use_center_loss": False,
+    "center_loss_weight": 0.01, "center_update_epoch": 35, "fewshot_freeze_backbone": True,
+    "fewshot_hidden": 512, "fewshot_dropout": 0.5, "fewshot_head_lr_scale": 5.0, "num_workers": 4,
+    "seed": 42, "save_dir": "checkpoints/task1_baseline", "save_freq": 5, "log_interval": 10, "resume": None,
+    "focal_gamma": 1.5, "tail_fraction": 0.25, "warmup_epochs": 5, "grad_accum_steps": 1, "grad_clip": 1.0,
+    "pretrained_path": None, "device": "auto", "demo": False,
+}
+
+
+def parse(*argv):
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    return resolve_config(parser.parse_args(list(argv)), prepare_demo=False)
+
+
+def test_every_seed_flag_has_its_default():
+    cfg = TrainConfig()
+    for name, value in SEED_FLAG_DEFAULTS.items():
+        assert getattr(cfg, name) == value, name
+    cfg.validate()
+
+
+def test_boolean_flags_have_no_forms():
+    cfg = parse("--no-pretrained", "--no-use-amp", "--use-ema", "--balance-sampler")
+    assert (cfg.pretrained, cfg.use_amp, cfg.use_ema, cfg.balance_sampler) == (False, False, True, True)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (("--stage2-epoch", "20", "--stage3-epoch", "20"), "out of order"),
+    (("--stage3-epoch", "60"), "beyond --epochs 50"),
+    (("--mixup-prob", "1.5"), "probability"),
+    (("--mixup-decay-epoch1", "14", "--mixup-decay-epoch2", "12"), "out of order"),
+    (("--ema-decay", "1.0"), "ema-decay"),
+    (("--loss-type", "multitask"), "--model-type multitask"),
+    (("--tail-fraction", "0"), "tail-fraction"),
+])
+def test_validate_rejects_impossible_settings(argv, words):
+    with pytest.raises(UserError, match=words.replace("-", r"\-")):
+        parse(*argv)
+
+
+def test_schedule_scales_with_epochs_when_none_given():
+    cfg = parse("--epochs", "25")
+    assert (cfg.stage2_epoch, cfg.stage3_epoch, cfg.lr_restart_epoch, cfg.final_clean_epoch) == (5, 10, 13, 20)
+    assert cfg.warmup_epochs == 3  # 5 * 25/50 = 2.5: halves round up
+
+
+def test_explicit_schedule_epochs_are_kept_others_scale():
+    cfg = parse("--epochs", "20", "--stage2-epoch", "3")
+    assert cfg.stage2_epoch == 3 and cfg.stage3_epoch == 8
+
+
+def test_scaling_keeps_order_on_tiny_runs():
+    for epochs in range(1, 13):
+        values = scale_schedule(TrainConfig().to_dict(), 50, epochs)
+        cfg = TrainConfig.from_dict(values).validate()
+        assert cfg.stage2_epoch < cfg.stage3_epoch <= epochs
+        assert all(getattr(cfg, f) <= epochs for f in SCHEDULE_FIELDS)
+
+
+def test_yaml_config_then_flags(tmp_path):
+    saved = scale_schedule(TrainConfig(lr=0.01).to_dict(), 50, 12)
+    saved.update(stage2_epoch=3, stage3_epoch=6)
+    import yaml
+    path = tmp_path / "best.yaml"
+    path.write_text("# exported\n" + yaml.safe_dump(saved))
+    cfg = parse("--config", str(path), "--lr", "0.02")
+    assert (cfg.epochs, cfg.stage2_epoch, cfg.lr) == (12, 3, 0.02)
+    longer = parse("--config", str(path), "--epochs", "24")
+    assert (longer.stage2_epoch, longer.stage3_epoch) == (6, 12)
+
+
+def test_bad_yaml_config(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("lr: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        parse("--config", str(path))
+    path.write_text("learning_rate: 0.1\n")
+    with pytest.raises(UserError, match="unknown field"):
+        parse("--config", str(path))
+
+
+def test_demo_recipe_is_cpu_sized():
+    cfg = parse("--demo")
+    assert cfg.demo and not cfg.pretrained and cfg.epochs == 12 and cfg.image_size == 64
+    assert cfg.stage2_epoch < cfg.stage3_epoch < cfg.epochs

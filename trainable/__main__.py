@@ -1,0 +1,130 @@
+"""`python -m trainable [flags]`: train once with the staged recipe (the "single retrain").
+
+Writes to --save-dir: best_custom.pth (best val acc), epoch_N.pth every --save-freq epochs,
+last.pth every epoch, interrupted.pth on Ctrl-C, TensorBoard logs in logs/, config.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from trainable.errors import UserError, run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from trainable.cli_config import add_config_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="python -m trainable",
+        description="Train the 61-class crop-disease classifier once with the staged recipe.",
+    )
+    add_config_arguments(parser)
+    return parser
+
+
+def check_writable(directory: Path) -> None:
+    """Fail before training, not after the first epoch, when --save-dir cannot be written."""
+    probe = directory
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"--save-dir {directory}: {probe} is not a writable directory; choose another --save-dir")
+
+
+def write_config(cfg, path: Path) -> None:
+    import yaml
+
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    os.replace(tmp, path)
+
+
+def format_epoch(cfg, metrics: dict) -> str:
+    return (f"Epoch {metrics['epoch']}/{cfg.epochs} | Train Loss {metrics['train_loss']:.4f} | "
+            f"Train Acc {metrics['train_acc']:.2f}% | LR {metrics['lr']:.6f} | "
+            f"stage {metrics['stage']} | {metrics['image_size']}px\n"
+            f"  [Val] Epoch {metrics['epoch']} | Loss {metrics['val_loss']:.4f} | Acc {metrics['val_acc']:.2f}% | "
+            f"TailAcc {metrics['tail_acc']:.2f}% | MacroF1 {metrics['macro_f1']:.3f}")
+
+
+def prepare(argv: list[str] | None):
+    """Parse, resolve and validate everything a run needs, writing nothing. Returns (cfg, data, state)."""
+    from trainable.checkpoint import load_checkpoint
+    from trainable.cli_config import resolve_config, scaled_note
+    from trainable.data import load_data
+    from trainable.schedule import describe
+
+    ns = build_parser().parse_args(argv)
+    state = load_checkpoint(ns.resume) if getattr(ns, "resume", None) else None
+    cfg = resolve_config(ns, checkpoint_config=state["config"] if state else None)
+    if state is not None and state["epoch"] >= cfg.epochs:
+        raise UserError(f"--resume {ns.resume}: the checkpoint already finished epoch {state['epoch']} of "
+                        f"--epochs {cfg.epochs}; raise --epochs to train further")
+    check_writable(Path(cfg.save_dir))
+    note = scaled_note(cfg)
+    if note:
+        print(note)
+    print(describe(cfg))
+    data = load_data(cfg, progress=True)
+    return cfg, data, state
+
+
+def train(cfg, data, state=None, on_epoch=None) -> dict:
+    """Run fit() to the end, writing checkpoints and logs; returns the last epoch's metrics."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from trainable.checkpoint import save_checkpoint
+    from trainable.loop import fit
+
+    save_dir = Path(cfg.save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    write_config(cfg, save_dir / "config.yaml")
+    writer = SummaryWriter(log_dir=str(save_dir / "logs"))
+    last = None
+    try:
+        for result in fit(cfg, data, state=state, progress=True):
+            last = result
+            m = result.metrics
+            print(format_epoch(cfg, m), flush=True)
+            for key in ("train_loss", "val_loss"):
+                writer.add_scalar(f"Loss/{key}", m[key], m["epoch"])
+            for key in ("train_acc", "val_acc", "tail_acc", "macro_f1"):
+                writer.add_scalar(f"Accuracy/{key}", m[key], m["epoch"])
+            writer.add_scalar("LR", m["lr"], m["epoch"])
+            save_checkpoint(result.state, save_dir / "last.pth")
+            if result.is_best:
+                save_checkpoint(result.state, save_dir / "best_custom.pth")
+                print(f"  ✅ New best val acc: {m['val_acc']:.2f}% | TailAcc {m['tail_acc']:.2f}% | "
+                      f"MacroF1 {m['macro_f1']:.3f}")
+            if cfg.save_freq and m["epoch"] % cfg.save_freq == 0:
+                save_checkpoint(result.state, save_dir / f"epoch_{m['epoch']}.pth")
+            if on_epoch is not None:
+                on_epoch(result)
+    except KeyboardInterrupt:
+        if last is not None:
+            save_checkpoint(last.state, save_dir / "interrupted.pth")
+            print(f"\ninterrupted: saved {save_dir / 'interrupted.pth'} (epoch {last.epoch}); continue with "
+                  f"python -m trainable --resume {save_dir / 'interrupted.pth'}", file=sys.stderr)
+        raise
+    finally:
+        writer.close()
+    return last.metrics if last else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, data, state = prepare(argv)
+    metrics = train(cfg, data, state)
+    if metrics:
+        print(f"done: val acc {metrics['val_acc']:.2f}% | tail acc {metrics['tail_acc']:.2f}% | "
+              f"macro-F1 {metrics['macro_f1']:.3f} | checkpoints in {cfg.save_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(run_cli(main))
+    except KeyboardInterrupt:
+        sys.exit(130)

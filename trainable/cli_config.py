@@ -1,0 +1,132 @@
+"""Command-line layering for TrainConfig, shared by `python -m trainable` and run_search.py.
+
+Layers, later wins: the seed's defaults -> the demo recipe (--demo) -> a saved config
+(--config FILE.yaml, or the checkpoint's own config when resuming) -> flags given on the
+command line. When the epoch count changes between layers, every schedule epoch that was
+not given explicitly scales with it, so `--epochs 12` keeps the recipe's shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from trainable.config import (
+    CHOICES,
+    SCHEDULE_FIELDS,
+    SEED_EPOCHS,
+    TrainConfig,
+    coerce,
+    field_names,
+    field_types,
+    flag,
+    scale_schedule,
+)
+from trainable.errors import UserError
+
+# A CPU-sized recipe for the built-in synthetic data: a tiny timm model trained from
+# scratch at 64 px for 12 epochs (schedule epochs scale from the seed's 50).
+DEMO_RECIPE: dict = {
+    "demo": True,
+    "backbone": "test_resnet",
+    "pretrained": False,
+    "image_size": 64,
+    "progressive_image_size": 72,
+    "epochs": 12,
+    "batch_size": 64,
+    "lr": 2e-3,
+    "num_workers": 0,
+    "balance_sampler": True,
+    "save_dir": "checkpoints/demo",
+}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per TrainConfig field (default=SUPPRESS, so we know which were given)."""
+    group = parser.add_argument_group("training configuration (TrainConfig)")
+    group.add_argument("--config", dest="config_file", metavar="FILE.yaml", default=argparse.SUPPRESS,
+                       help="a saved TrainConfig (e.g. an exported best.yaml); flags override it")
+    types = field_types()
+    for f in TrainConfig.__dataclass_fields__.values():
+        kwargs: dict = {"default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
+        if types[f.name] is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs["help"] += f" (default {f.default})"
+        else:
+            kwargs["type"] = types[f.name]
+            kwargs["metavar"] = f.name.split("_")[-1].upper() if f.name not in CHOICES else None
+            if f.name in CHOICES:
+                kwargs["choices"] = CHOICES[f.name]
+            kwargs["help"] += f" (default {f.default})"
+        group.add_argument(flag(f.name), dest=f.name, **kwargs)
+
+
+def read_yaml_config(path: str) -> dict:
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"--config {path}: no such file")
+    try:
+        values = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"--config {path}:{where} is not valid YAML") from None
+    if not isinstance(values, dict):
+        raise UserError(f"--config {path}: expected a mapping of TrainConfig fields")
+    unknown = sorted(set(values) - set(field_names()))
+    if unknown:
+        raise UserError(f"--config {path}: unknown field(s) {', '.join(unknown)}")
+    return {k: coerce(k, v, f"--config {path}") for k, v in values.items()}
+
+
+def _layer(values: dict, new: dict, keep: set[str]) -> dict:
+    """Put `new` over `values`, scaling schedule epochs not in `keep` if the epoch count moves."""
+    merged = dict(values)
+    if "epochs" in new and new["epochs"] != values["epochs"]:
+        kept = {k: new[k] for k in keep if k in new}  # so stage ordering fixes see the kept values
+        merged = scale_schedule({**merged, **kept}, values["epochs"], new["epochs"], keep=keep)
+    merged.update(new)
+    return merged
+
+
+def resolve_config(ns: argparse.Namespace, checkpoint_config: dict | None = None,
+                   prepare_demo: bool = True) -> TrainConfig:
+    """The TrainConfig a command line asks for, validated. Raises UserError."""
+    explicit = {k: v for k, v in vars(ns).items() if k in TrainConfig.__dataclass_fields__}
+    values = TrainConfig().to_dict()
+    saved: dict | None = None
+    if getattr(ns, "config_file", None):
+        saved = read_yaml_config(ns.config_file)
+    elif checkpoint_config is not None:
+        saved = {k: v for k, v in checkpoint_config.items() if k in TrainConfig.__dataclass_fields__}
+
+    demo = explicit.get("demo", saved.get("demo", False) if saved else False)
+    if demo and not saved:
+        values = _layer(values, DEMO_RECIPE, keep=set())
+    if saved:
+        values.update(saved)  # a saved config is complete and already consistent
+    keep = set(explicit) & set(SCHEDULE_FIELDS)
+    if checkpoint_config is not None and not getattr(ns, "config_file", None):
+        keep = set(SCHEDULE_FIELDS)  # resuming: the run's own switch-points have partly happened
+    values = _layer(values, explicit, keep=keep)
+    if demo and prepare_demo:
+        values = _with_demo_paths(values, explicit)
+    cfg = TrainConfig.from_dict(values, source="flags").validate()
+    return cfg
+
+
+def _with_demo_paths(values: dict, explicit: dict) -> dict:
+    from trainable.demo_data import ensure_demo_dataset, layout_paths
+
+    root = ensure_demo_dataset(seed=0)
+    paths = layout_paths(root)
+    return {**values, **{k: str(v) for k, v in paths.items() if k not in explicit}}
+
+
+def scaled_note(cfg: TrainConfig) -> str | None:
+    """Tell the user when schedule epochs were scaled away from the seed's 50-epoch defaults."""
+    if cfg.epochs == SEED_EPOCHS:
+        return None
+    return f"epochs={cfg.epochs}: schedule epochs not given explicitly are scaled from the seed's {SEED_EPOCHS}"
