@@ -1,0 +1,127 @@
+"""ASHA-stopped trials reach Optuna as PRUNED (Ray's OptunaSearch says COMPLETE), with real Tune runs."""
+
+import pickle
+import sys
+
+import optuna
+import pytest
+import ray
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from tuner.searcher import BoundSpace, PruningOptunaSearch
+
+MAX_T = 4
+
+
+def toy_space(trial, base):
+    trial.suggest_int("offset", 0, 3)  # a helper parameter: sampled, but not a config key
+    return {"x": trial.suggest_float("x", 0.0, 1.0)}
+
+
+def plain_space(trial):
+    return {"x": trial.suggest_float("x", 0.0, 1.0)}
+
+
+def toy_trainable(config):
+    for epoch in range(1, MAX_T + 1):
+        tune.report({"epoch": epoch, "score": config["x"] * epoch})
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    # Workers cannot import this test module by name: ship its functions by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+# Strong trials first, so the weak ones meet a rung that ASHA has already filled.
+POINTS = [{"x": 0.9, "offset": 0}, {"x": 0.8, "offset": 1}, {"x": 0.1, "offset": 2}, {"x": 0.05, "offset": 3}]
+
+
+def run_toy_search(searcher, tmp_path):
+    tuner = tune.Tuner(
+        tune.with_resources(toy_trainable, {"cpu": 1}),
+        tune_config=tune.TuneConfig(
+            metric="score", mode="max", search_alg=searcher, num_samples=len(POINTS), max_concurrent_trials=2,
+            scheduler=ASHAScheduler(time_attr="epoch", max_t=MAX_T, grace_period=1, reduction_factor=2)),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="toy", verbose=0),
+    )
+    results = tuner.fit()
+    return {r.metrics["trial_id"]: r.metrics["epoch"] for r in results}
+
+
+def test_asha_stopped_trials_are_pruned_in_the_study(ray_session, tmp_path):
+    searcher = PruningOptunaSearch(space=BoundSpace(toy_space, base=None), metric="score", mode="max", seed=3,
+                                   max_epochs=MAX_T, config_keys={"x"}, points_to_evaluate=POINTS)
+    last_epochs = run_toy_search(searcher, tmp_path)
+    study = searcher.study
+    assert len(study.trials) == len(last_epochs) == len(POINTS)
+    states = {}
+    for trial_id, ot_trial in searcher._ot_trials.items():
+        frozen = study.trials[ot_trial.number]
+        states[trial_id] = frozen.state
+        epochs = last_epochs[trial_id]
+        # every reported epoch is an intermediate value, including the one ASHA stopped on
+        assert sorted(frozen.intermediate_values) == list(range(1, epochs + 1))
+        if epochs < MAX_T:
+            assert frozen.state == TrialState.PRUNED, (trial_id, epochs)
+            # Optuna keeps a pruned trial's last intermediate value as its value (and TPE ranks
+            # pruned trials by step and that value, below complete ones)
+            assert frozen.value == pytest.approx(frozen.intermediate_values[epochs])
+        else:
+            assert frozen.state == TrialState.COMPLETE, (trial_id, epochs)
+            assert frozen.value == pytest.approx(frozen.params["x"] * MAX_T)
+    assert TrialState.PRUNED in states.values() and TrialState.COMPLETE in states.values()
+    assert set(searcher.pruned_trials) == {t for t, e in last_epochs.items() if e < MAX_T}
+    # the helper parameter was sampled by Optuna but kept out of the trial's config
+    assert all("offset" in t.params for t in study.trials)
+
+
+def test_rays_own_optuna_search_would_record_them_complete(ray_session, tmp_path):
+    """The premise of PruningOptunaSearch (Ray 2.60): ASHA-stopped trials told COMPLETE, early score."""
+    searcher = OptunaSearch(space=plain_space, metric="score", mode="max",
+                            seed=3, points_to_evaluate=[{"x": p["x"]} for p in POINTS])
+    last_epochs = run_toy_search(searcher, tmp_path)
+    stopped = [t for t, e in last_epochs.items() if e < MAX_T]
+    assert stopped
+    for trial_id in stopped:
+        assert searcher._ot_study.trials[searcher._ot_trials[trial_id].number].state == TrialState.COMPLETE
+
+
+def test_direct_protocol_errors_and_per_trial_epochs():
+    searcher = PruningOptunaSearch(space=BoundSpace(toy_space, base=None), metric="score", mode="max", seed=0,
+                                   max_epochs=10, config_keys={"x", "epochs"})
+    config = searcher.suggest("a")
+    assert set(config) == {"x"}
+    searcher.on_trial_result("a", {"epoch": 1, "score": 0.5, "training_iteration": 1})
+    searcher.on_trial_complete("a", error=True)
+    searcher.suggest("b")
+    searcher._trial_epochs["b"] = 3  # as if the space had set epochs=3 for this trial
+    searcher.on_trial_complete("b", result={"epoch": 3, "score": 0.9})
+    searcher.suggest("c")
+    searcher.on_trial_complete("c", result={"epoch": 2, "score": 0.1})
+    states = [t.state for t in searcher.study.trials]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.PRUNED]
+    assert searcher.study.trials[2].intermediate_values == {2: 0.1}
+    # a second completion for the same trial is ignored, not an error
+    searcher.on_trial_complete("c", result={"epoch": 3, "score": 0.1})
+    assert searcher.study.trials[2].state == TrialState.PRUNED
+
+
+def test_searcher_with_bound_space_pickles_like_tune_saves_it(tmp_path):
+    searcher = PruningOptunaSearch(space=BoundSpace(toy_space, base=None), metric="score", mode="max", seed=0,
+                                   max_epochs=4, points_to_evaluate=[{"x": 0.25, "offset": 1}])
+    assert searcher.suggest("first") == {"x": 0.25, "offset": 1}  # no config_keys: everything sampled
+    path = tmp_path / "searcher.pkl"
+    searcher.save(str(path))
+    again = PruningOptunaSearch(space=BoundSpace(toy_space, base=None), metric="score", mode="max", seed=0,
+                                max_epochs=4)
+    again.restore(str(path))
+    assert len(again.study.trials) == 1 and "first" in again._ot_trials
+    assert isinstance(pickle.loads(pickle.dumps(BoundSpace("stage_epochs", base=None))), BoundSpace)
+    assert optuna.__version__.startswith("5.")

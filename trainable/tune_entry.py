@@ -1,0 +1,153 @@
+"""The Ray Tune function trainable: one trial = one fit() run, reported epoch by epoch.
+
+    tune.with_resources(tune.with_parameters(train_trial, data=bundle), {...})
+
+`config` is a complete TrainConfig as a dict: the search puts the base config in the
+param_space and the searcher's overrides on top, so every trial's recorded config is the
+full resolved TrainConfig (what export and MLflow read back). A `base=` parameter (a
+TrainConfig or dict) is also accepted, for callers that pass only overrides.
+
+Only `ray.tune.*` is used (report, get_checkpoint, Checkpoint): Ray 2.60's `ray.train.*`
+raises inside Tune. This is the one module of `trainable/` that imports Ray.
+
+Hidden test hook (fault injection), off unless the environment variable
+CROPTUNE_TEST_FAULT_DIR names a directory holding a file `fail_once_at_epoch` with a number
+N: every trial then raises once, after training epoch N and before reporting it, so the test
+sees Tune restart the trial from its epoch N-1 checkpoint. Each trial leaves a marker
+`<trial_id>.raised` in the directory so the retry runs through.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import ray
+import torch
+from ray import tune
+
+from trainable.checkpoint import load_checkpoint, save_checkpoint
+from trainable.config import TrainConfig
+from trainable.devices import mps_available
+from trainable.errors import DivergedError
+from trainable.loop import fit
+
+CHECKPOINT_FILE = "checkpoint.pth"
+DIVERGED_MARKER = "diverged.txt"
+FAULT_DIR_ENV = "CROPTUNE_TEST_FAULT_DIR"
+MPS_RESOURCE = "mps"  # the custom resource tuner.resources gives trials on an Apple GPU
+# Reported every epoch (fit() reports these and a few more; all numeric ones are passed on).
+REPORTED = ("epoch", "val_acc", "tail_acc", "macro_f1", "val_loss", "train_loss", "train_acc",
+            "lr", "stage", "image_size")
+
+
+class TrialDiverged(RuntimeError):
+    """Raised to end a trial whose loss became NaN/inf; Tune records it as the trial's error.
+
+    The message starts with "diverged:" so the summary, MLflow and users can tell it apart
+    from a crash.
+    """
+
+
+def train_trial(config: dict, data=None, base=None) -> None:
+    """Train one trial, restoring from Tune's checkpoint when Tune restarts it."""
+    if data is None:
+        raise ValueError("train_trial needs the dataset: wrap it with tune.with_parameters(train_trial, data=...)")
+    cfg = _trial_config(config, base)
+    device = trial_device(cfg.device)
+    _set_threads()
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    if (trial_dir / DIVERGED_MARKER).is_file():
+        # A retry of a diverged trial would replay the same epochs into the same NaN.
+        raise TrialDiverged((trial_dir / DIVERGED_MARKER).read_text().strip())
+    state = _restored_state()
+    try:
+        for result in fit(cfg, data, state=state, device=device):
+            _maybe_inject_fault(result.epoch)
+            _report(result)
+    except DivergedError as exc:
+        message = f"diverged: {exc}"
+        _write_marker(trial_dir / DIVERGED_MARKER, message)
+        raise TrialDiverged(message) from None
+
+
+def _trial_config(config: dict, base) -> TrainConfig:
+    if base is None:
+        start = TrainConfig()
+    elif isinstance(base, TrainConfig):
+        start = base
+    else:
+        start = TrainConfig.from_dict(dict(base), source="base config")
+    return start.replace(**config).validate()
+
+
+def trial_device(requested: str = "auto") -> str:
+    """The device Ray assigned this trial: its GPU (cuda), the `mps` resource, else CPU.
+
+    Ray lets a trial that asked for no GPU still see every CUDA device, so availability
+    says nothing; the assignment does. Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU(s),
+    so "cuda" is the right one (shared with other trials when --gpus-per-trial < 1).
+    """
+    if requested == "cpu":
+        return "cpu"
+    gpu_ids = ray.get_gpu_ids()
+    assigned = ray.get_runtime_context().get_assigned_resources()
+    has_mps = any(name == MPS_RESOURCE or name.startswith(MPS_RESOURCE + "_group") for name in assigned)
+    if gpu_ids and torch.cuda.is_available():
+        return "cuda"
+    if (has_mps or gpu_ids) and mps_available():
+        return "mps"
+    if requested in ("cuda", "mps"):
+        raise RuntimeError(f"--device {requested}: this trial was assigned no {requested} device by Ray "
+                           f"(assigned: {assigned}); check --gpus-per-trial")
+    return "cpu"
+
+
+def _set_threads() -> None:
+    """Use as many intra-op threads as CPUs Ray assigned (torch defaults to all cores)."""
+    assigned = ray.get_runtime_context().get_assigned_resources()
+    cpus = sum(v for k, v in assigned.items() if k == "CPU" or k.startswith("CPU_group_"))
+    # Placement-group resources appear twice (bundle-indexed and wildcard); take the larger.
+    cpus = max([v for k, v in assigned.items() if k == "CPU" or k.startswith("CPU_group_")] or [cpus])
+    if cpus >= 1:
+        torch.set_num_threads(max(1, math.floor(cpus)))
+
+
+def _restored_state() -> dict | None:
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return load_checkpoint(Path(directory) / CHECKPOINT_FILE)
+
+
+def _report(result) -> None:
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    missing = [k for k in REPORTED if k not in metrics]
+    if missing:
+        raise RuntimeError(f"fit() did not report {', '.join(missing)}")
+    metrics["epoch"] = int(result.epoch)
+    with tempfile.TemporaryDirectory(prefix="croptune-ckpt-") as directory:
+        save_checkpoint(result.state, Path(directory) / CHECKPOINT_FILE)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def _maybe_inject_fault(epoch: int) -> None:
+    fault_dir = os.environ.get(FAULT_DIR_ENV)
+    if not fault_dir:
+        return
+    trigger = Path(fault_dir) / "fail_once_at_epoch"
+    if not trigger.is_file() or int(trigger.read_text().strip() or 0) != epoch:
+        return
+    marker = Path(fault_dir) / f"{tune.get_context().get_trial_id()}.raised"
+    if marker.exists():
+        return
+    _write_marker(marker, f"epoch {epoch}")
+    raise RuntimeError(f"injected test fault at epoch {epoch} ({FAULT_DIR_ENV})")
+
+
+def _write_marker(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")

@@ -1,0 +1,59 @@
+"""Extension points of a search, for tracking (MLflow) and anything else that rides along.
+
+A hook object sees the search at four moments, all on the driver:
+
+    validate(settings)            before Ray starts; raise UserError to refuse (exit 2, nothing written)
+    callbacks(context) -> list    Tune callbacks to add (e.g. one MLflow child run per trial)
+    finished(context, outcome)    after the search; outcome: "finished" | "interrupted" | "failed"
+
+`tuner.search.run_search(settings, hooks=[...])` calls them in order. The command line
+collects hooks from `tuner.tracking.search_hooks(settings)` when that function exists
+(and `tuner.tracking.add_search_arguments(parser)` adds its flags), so tracking plugs in
+without the search knowing MLflow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SearchContext:
+    settings: object                 # tuner.cli.SearchSettings
+    experiment_path: str             # absolute; a standard Tune experiment directory
+    base_config: object              # trainable.config.TrainConfig every trial starts from
+    data_info: dict = field(default_factory=dict)   # fingerprint, root, class_counts, sizes
+    resources: object = None         # tuner.resources.ResourcePlan
+    searcher: object = None          # tuner.searcher.PruningOptunaSearch (driver copy; .study)
+    results: object = None           # ray.tune.ResultGrid, once the search has run
+    summary: dict | None = None      # the search_summary.json payload, when finished
+
+
+class SearchHooks:
+    """No-op base class; override what you need."""
+
+    def validate(self, settings) -> None:
+        pass
+
+    def callbacks(self, context: SearchContext) -> list:
+        return []
+
+    def finished(self, context: SearchContext, outcome: str) -> None:
+        pass
+
+
+def plugin_hooks(settings) -> list[SearchHooks]:
+    """Hooks that installed modules offer for this search (today: tuner.tracking, if present)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tuner.tracking") is None:
+        return []
+    from tuner import tracking
+
+    make = getattr(tracking, "search_hooks", None)
+    if make is None:
+        return []
+    hooks = make(settings)
+    if hooks is None:
+        return []
+    return list(hooks) if isinstance(hooks, list | tuple) else [hooks]

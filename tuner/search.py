@@ -1,0 +1,207 @@
+"""Build and run the search: OptunaSearch (TPE) + ASHA over the Tune function trainable.
+
+    settings = tuner.cli.parse_settings(argv)      # no Ray yet
+    exit_code = run_search(settings)              # validate -> decode data once -> Ray -> Tuner
+
+The Tuner is standard: `tune.Tuner.restore(experiment_path, wrapped_trainable(...))` reads
+it back from any process. A trial's config holds only the searcher's overrides; the base
+TrainConfig travels with the trainable (tune.with_parameters) and is recorded in the
+experiment's croptune_search.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+
+from trainable.config import TrainConfig, field_names
+from trainable.errors import UserError
+from tuner.experiment import experiment_dir, record_session, write_json_atomic, write_meta
+from tuner.hooks import SearchContext, plugin_hooks
+from tuner.prepare import prepare_search, seed_point
+from tuner.summary import build_summary, format_report, trial_records
+
+TIME_ATTR = "epoch"
+INTERRUPTED_EXIT = 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tuner.cli import parse_settings
+
+    return run_search(parse_settings(argv))
+
+
+def run_search(settings, hooks=None) -> int:
+    """Run (or, with settings.resume, continue) a search; returns the process exit code."""
+    hooks = plugin_hooks(settings) if hooks is None else list(hooks)
+    prepare_search(settings, hooks)  # UserError -> exit 2, nothing written
+    started = time.time()
+    from trainable.data import load_data
+
+    data = load_data(settings.base, progress=True)  # decoded once, on the driver
+    import ray
+
+    owns_ray = connect(settings)
+    context = SearchContext(settings=settings, experiment_path=str(experiment_dir(settings.storage_path, settings.name)),
+                            base_config=settings.base, data_info=data_info(data))
+    outcome = "failed"
+    try:
+        from tuner.resources import hardware_from_ray, plan_resources
+
+        where = settings.address or "this machine"
+        context.resources = plan_resources(
+            hardware_from_ray(ray.cluster_resources(), where), cpus_per_trial=settings.cpus_per_trial,
+            gpus_per_trial=settings.gpus_per_trial, max_concurrent=settings.max_concurrent,
+            device=settings.base.device, num_samples=settings.num_samples)
+        print(context.resources.describe(), flush=True)
+        tuner = build_tuner(settings, data, context, hooks)
+        with _sigterm_as_sigint():
+            results = tuner.fit()
+        context.results = results
+        records = trial_records(_trials(results, context.experiment_path), settings.base, settings.metric)
+        outcome = "interrupted" if _interrupted(settings, records, started) else "finished"
+    finally:
+        wall = record_session(settings.storage_path, settings.name, time.time() - started, outcome)
+        try:
+            if outcome == "finished":
+                context.summary = build_summary(settings, records, wall)
+                write_json_atomic(experiment_dir(settings.storage_path, settings.name) / "search_summary.json",
+                                  context.summary)
+            for hook in hooks:
+                hook.finished(context, outcome)
+        finally:
+            if owns_ray:
+                ray.shutdown()
+    if outcome == "interrupted":
+        print(f"\nSearch {settings.name} interrupted; its state is saved. Continue it with:\n"
+              f"  python run_search.py --resume {settings.name} --storage-path {settings.storage_path}",
+              flush=True)
+        return INTERRUPTED_EXIT
+    print("\n" + format_report(context.summary, records, settings.base), flush=True)
+    print(f"Export the best config: python run_search.py export --experiment {settings.name} "
+          f"--storage-path {settings.storage_path} --out best.yaml", flush=True)
+    return 0
+
+
+def connect(settings) -> bool:
+    """Attach to --address or start a local Ray; True when this call started Ray (and must stop it)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    # Trials run in Ray worker processes: pass croptune's own settings (cache dir, test hooks).
+    env_vars = {k: v for k, v in os.environ.items() if k.startswith("CROPTUNE_")}
+    runtime_env = {"env_vars": env_vars} if env_vars else None
+    if settings.address:
+        try:
+            ray.init(address=settings.address, runtime_env=runtime_env)
+        except Exception as exc:  # ConnectionError, TimeoutError, RuntimeError depending on the form
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"--address {settings.address}: cannot attach to a Ray cluster ({reason}); "
+                            f"start one with `ray start --head` or fix the address") from None
+        return True
+    import torch
+
+    from tuner.resources import MPS_RESOURCE, local_mps_available
+
+    resources = {MPS_RESOURCE: 1} if not torch.cuda.is_available() and local_mps_available() else None
+    ray.init(resources=resources, runtime_env=runtime_env)
+    return True
+
+
+def wrapped_trainable(data, base: TrainConfig, per_trial: dict):
+    """The trainable exactly as the search runs it; pass the same to Tuner.restore."""
+    from ray import tune
+
+    from trainable.tune_entry import train_trial
+
+    return tune.with_resources(tune.with_parameters(train_trial, data=data, base=base.to_dict()), per_trial)
+
+
+def build_searcher(settings):
+    from tuner.searcher import BoundSpace, PruningOptunaSearch
+
+    point = seed_point(settings.space, settings.base)
+    return PruningOptunaSearch(
+        space=BoundSpace(settings.space, settings.base), metric=settings.metric, mode=settings.mode,
+        points_to_evaluate=[point] if point else None, seed=settings.seed,
+        time_attr=TIME_ATTR, max_epochs=settings.base.epochs, config_keys=field_names())
+
+
+def build_tuner(settings, data, context: SearchContext, hooks):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    trainable = wrapped_trainable(data, settings.base, context.resources.per_trial)
+    callbacks = [cb for hook in hooks for cb in hook.callbacks(context)]
+    path = context.experiment_path
+    if settings.resume:
+        print(f"Resuming {path}", flush=True)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False)
+        if callbacks:  # the pickled RunConfig carries the old ones; hooks give fresh ones
+            tuner._local_tuner._run_config.callbacks = callbacks
+        return tuner
+    searcher = build_searcher(settings)
+    context.searcher = searcher
+    scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=settings.base.epochs, grace_period=settings.grace_period,
+                              reduction_factor=settings.reduction_factor)
+    tune_config = tune.TuneConfig(
+        metric=settings.metric, mode=settings.mode, search_alg=searcher, scheduler=scheduler,
+        num_samples=settings.num_samples, max_concurrent_trials=context.resources.max_concurrent,
+        time_budget_s=settings.time_budget_s)
+    run_config = tune.RunConfig(
+        name=settings.name, storage_path=settings.storage_path, callbacks=callbacks or None,
+        failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=settings.keep_checkpoints,
+                                                checkpoint_score_attribute=settings.metric,
+                                                checkpoint_score_order=settings.mode))
+    write_meta(settings, extra={"data": context.data_info})
+    return tune.Tuner(trainable, param_space={}, tune_config=tune_config, run_config=run_config)
+
+
+def data_info(data) -> dict:
+    counts = getattr(data, "class_counts", None)
+    return {
+        "fingerprint": getattr(data, "fingerprint", None),
+        "root": getattr(data, "root", None),
+        "num_train": int(len(data.train.labels)) if hasattr(data, "train") else None,
+        "num_val": int(len(data.val.labels)) if hasattr(data, "val") else None,
+        "class_counts": [int(c) for c in counts] if counts is not None else None,
+    }
+
+
+def _trials(results, experiment_path: str):
+    analysis = getattr(results, "_experiment_analysis", None)  # the live Trial objects
+    if analysis is None:
+        from ray.tune import ExperimentAnalysis
+
+        analysis = ExperimentAnalysis(experiment_path)
+    return analysis.trials
+
+
+def _interrupted(settings, records, started: float) -> bool:
+    if any(r.unfinished for r in records):
+        return True
+    budget_spent = settings.time_budget_s is not None and time.time() - started >= settings.time_budget_s * 0.95
+    return len(records) < settings.num_samples and not budget_spent
+
+
+@contextlib.contextmanager
+def _sigterm_as_sigint():
+    """Tune checkpoints and stops cleanly on SIGINT; make SIGTERM (kill, schedulers) do the same."""
+    if sys.platform == "win32":
+        yield
+        return
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

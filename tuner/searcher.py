@@ -1,0 +1,130 @@
+"""OptunaSearch that tells Optuna the truth about trials the scheduler stopped early.
+
+Ray 2.60's OptunaSearch tells the study COMPLETE with whatever score a trial had when
+ASHA stopped it, so TPE learns "this config scores 12%" from a 1-epoch run and drifts
+toward fast starters. Here a trial that ended before its last epoch without an error is
+told PRUNED, with its scores recorded as intermediate values (step = epoch), which is what
+Optuna's own pruning integration does and what TPE knows how to rank.
+
+How Tune tells the searcher that a trial ended (verified in ray/tune/execution/tune_controller.py,
+Ray 2.60): both a trial that returns normally and one the scheduler stops go through
+`TuneController.stop_trial`, which calls `searcher.on_trial_complete(trial_id, result=last_result)`;
+a failed trial gets `on_trial_complete(trial_id, error=True)` and no result. The result of the
+epoch on which ASHA says STOP is *not* passed to `on_trial_result`, and ASHA also says STOP
+when `time_attr >= max_t`, so the decision cannot be read from the call sequence. What can be
+read is the result itself: a trial that reached its configured number of epochs is complete,
+one that ended (not errored) before it was stopped early (ASHA, the time budget, or a stop
+request), i.e. PRUNED.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+logger = logging.getLogger(__name__)
+
+
+class PruningOptunaSearch(OptunaSearch):
+    """OptunaSearch + PRUNED for trials stopped before `epochs` (per trial, from its config).
+
+    Args (besides OptunaSearch's): `time_attr`, the result key counting epochs (ASHA's
+    time_attr); `max_epochs`, the number of epochs a complete trial runs (the base config's
+    `epochs`; a space that overrides `epochs` for a trial is honoured per trial).
+    """
+
+    def __init__(self, *args, time_attr: str = "epoch", max_epochs: int,
+                 config_keys: Iterable[str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._time_attr = time_attr
+        self._max_epochs = int(max_epochs)
+        self._config_keys = frozenset(config_keys) if config_keys is not None else None
+        self._trial_epochs: dict[str, int] = {}
+        self.pruned_trials: set[str] = set()
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        if not isinstance(config, dict):
+            return config
+        if self._config_keys is not None:
+            # Ray merges every value the define-by-run function *sampled* into the config,
+            # including helper parameters such as ordered offsets; only the returned
+            # TrainConfig overrides belong in a trial's config.
+            config = {k: v for k, v in config.items() if k in self._config_keys}
+        # Remember how long this trial is meant to run (see on_trial_complete).
+        self._trial_epochs[trial_id] = int(config.get("epochs", self._max_epochs))
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        # Same as the parent, but the step is the epoch, which survives a trial restart
+        # (training_iteration would also do, but epoch is what ASHA and the user count).
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        self._report(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        if error or not result or self._time_attr not in result:
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        # Tune does not pass the final result to on_trial_result when the scheduler says STOP
+        # on it (ASHA also does so at max_t): record it, so every epoch is an intermediate value.
+        self._report(trial_id, result)
+        epochs = self._trial_epochs.get(trial_id, self._max_epochs)
+        if result[self._time_attr] >= epochs:
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        ot_trial = self._ot_trials[trial_id]
+        try:
+            self._ot_study.tell(ot_trial, None, state=TrialState.PRUNED)
+        except Exception as exc:  # same policy as the parent: a bad tell must not kill the search
+            logger.warning("Optuna refused PRUNED for trial %s: %s", trial_id, exc)
+        self._completed_trials.add(trial_id)
+        self.pruned_trials.add(trial_id)
+
+    def _report(self, trial_id: str, result: dict) -> None:
+        value = result.get(self.metric)
+        step = result.get(self._time_attr)
+        if value is None or step is None or not math.isfinite(float(value)):
+            return
+        ot_trial = self._ot_trials[trial_id]
+        ot_trial.report(float(value), int(step))
+
+    @property
+    def study(self):
+        """The Optuna study (for plots, importances and tests)."""
+        return self._ot_study
+
+
+class BoundSpace:
+    """The define-by-run function handed to OptunaSearch: a search space bound to the base config.
+
+    Tune pickles the searcher (this included) into the experiment directory so `--resume`
+    continues the same study; the space is pickled by name or YAML path and looked up again
+    on load, so a space that is a closure still restores. A plain module-level function
+    `fn(trial, base)` is also accepted (tests).
+    """
+
+    def __init__(self, space, base):
+        self.space = space
+        self.base = base
+        self._fn = space if callable(space) else None
+
+    def __call__(self, trial):
+        if self._fn is None:
+            import search_spaces
+
+            self._fn = search_spaces.get(self.space)
+        return self._fn(trial, self.base)
+
+    def __getstate__(self) -> dict:
+        return {"space": self.space, "base": self.base}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["space"], state["base"])
+
+    def __repr__(self) -> str:
+        return f"BoundSpace({self.space!r})"
