@@ -12,9 +12,9 @@ raises inside Tune. This is the one module of `trainable/` that imports Ray.
 
 Hidden test hook (fault injection), off unless the environment variable
 CROPTUNE_TEST_FAULT_DIR names a directory holding a file `fail_once_at_epoch` with a number
-N: every trial then raises once, after training epoch N and before reporting it, so the test
-sees Tune restart the trial from its epoch N-1 checkpoint. Each trial leaves a marker
-`<trial_id>.raised` in the directory so the retry runs through.
+N: the first trial to finish training epoch N then raises before reporting it, once, so a
+test sees Tune restart that trial from its epoch N-1 checkpoint. The trial that raised
+writes its id to `<dir>/raised` (created exclusively, so exactly one trial raises).
 """
 
 from __future__ import annotations
@@ -106,13 +106,10 @@ def trial_device(requested: str = "auto") -> str:
 
 
 def _set_threads() -> None:
-    """Use as many intra-op threads as CPUs Ray assigned (torch defaults to all cores)."""
-    assigned = ray.get_runtime_context().get_assigned_resources()
-    cpus = sum(v for k, v in assigned.items() if k == "CPU" or k.startswith("CPU_group_"))
-    # Placement-group resources appear twice (bundle-indexed and wildcard); take the larger.
-    cpus = max([v for k, v in assigned.items() if k == "CPU" or k.startswith("CPU_group_")] or [cpus])
+    """As many intra-op threads as CPUs Ray assigned (Ray also sets OMP_NUM_THREADS so)."""
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)
     if cpus >= 1:
-        torch.set_num_threads(max(1, math.floor(cpus)))
+        torch.set_num_threads(math.floor(cpus))
 
 
 def _restored_state() -> dict | None:
@@ -124,11 +121,12 @@ def _restored_state() -> dict | None:
 
 
 def _report(result) -> None:
-    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    missing = [k for k in REPORTED if k not in metrics]
+    numeric = {k: v for k, v in result.metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    missing = [k for k in REPORTED if k not in numeric]
     if missing:
         raise RuntimeError(f"fit() did not report {', '.join(missing)}")
-    metrics["epoch"] = int(result.epoch)
+    # REPORTED first: Tune's live table shows the first few metrics of a result.
+    metrics = {**{k: numeric[k] for k in REPORTED}, **numeric, "epoch": int(result.epoch)}
     with tempfile.TemporaryDirectory(prefix="croptune-ckpt-") as directory:
         save_checkpoint(result.state, Path(directory) / CHECKPOINT_FILE)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
@@ -141,10 +139,11 @@ def _maybe_inject_fault(epoch: int) -> None:
     trigger = Path(fault_dir) / "fail_once_at_epoch"
     if not trigger.is_file() or int(trigger.read_text().strip() or 0) != epoch:
         return
-    marker = Path(fault_dir) / f"{tune.get_context().get_trial_id()}.raised"
-    if marker.exists():
+    try:
+        with open(Path(fault_dir) / "raised", "x") as marker:  # exclusive: one trial, once
+            marker.write(f"{tune.get_context().get_trial_id()}\n")
+    except FileExistsError:
         return
-    _write_marker(marker, f"epoch {epoch}")
     raise RuntimeError(f"injected test fault at epoch {epoch} ({FAULT_DIR_ENV})")
 
 

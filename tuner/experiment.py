@@ -2,6 +2,7 @@
 
     <storage_path>/<name>/                 a standard Tune experiment (Tuner.restore reads it)
         croptune_search.json               the search's settings + base config (written at start)
+        base_config.json                   the base TrainConfig alone (written at start)
         search_summary.json                the end-of-search report (tuner.summary)
         <trial dirs>/checkpoint_*/checkpoint.pth
 
@@ -21,6 +22,7 @@ from trainable.config import TrainConfig
 from trainable.errors import UserError
 
 META_FILE = "croptune_search.json"
+BASE_CONFIG_FILE = "base_config.json"   # the base TrainConfig alone (what tuner.export reads)
 SUMMARY_FILE = "search_summary.json"
 TUNE_STATE_GLOB = "experiment_state-*.json"
 
@@ -97,6 +99,7 @@ def write_meta(settings, extra: dict | None = None) -> Path:
         **(extra or {}),
     }
     write_json_atomic(path, meta)
+    write_json_atomic(path.parent / BASE_CONFIG_FILE, settings.base.to_dict())
     return path
 
 

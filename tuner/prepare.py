@@ -52,6 +52,13 @@ def check_space(space, base: TrainConfig, seed: int = 0) -> None:
 
     fn = resolve_space(space)
     label = space if isinstance(space, str) else getattr(space, "__name__", repr(space))
+    if isinstance(space, str) and ":" not in space:
+        import search_spaces
+
+        try:
+            search_spaces.check(space, base)
+        except UserError as exc:
+            raise UserError(f"--space {label}: {exc}") from None
     logging.getLogger("optuna").setLevel(logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=seed))
     point = seed_point(space, base)
@@ -71,15 +78,26 @@ def check_space(space, base: TrainConfig, seed: int = 0) -> None:
         study.tell(trial, 0.0)
 
 
+def check_dataset(base: TrainConfig) -> None:
+    """The data the base config points at (trainable.data.validate_data: no decoding, no writes)."""
+    from pathlib import Path
+
+    from trainable.data import validate_data
+
+    if not base.demo and not Path(base.train_dir).is_dir():
+        raise UserError(f"no dataset at --train-dir {base.train_dir}: point --train-dir, --val-dir, "
+                        f"--train-meta and --val-meta at data in the seed layout, or use --demo for the "
+                        f"built-in synthetic data")
+    validate_data(base)
+
+
 def prepare_search(settings, hooks) -> None:
     """Check everything a search needs; raise UserError on the first problem. Writes nothing."""
     if settings.resume:
         read_meta(settings.storage_path, settings.name)
     else:
         check_new_experiment(settings.storage_path, settings.name)
-    from trainable.data import validate_data
-
-    validate_data(settings.base)
+    check_dataset(settings.base)
     if not settings.resume:
         check_space(settings.space, settings.base, seed=settings.seed)
     for hook in hooks:

@@ -1,0 +1,135 @@
+"""End-to-end searches on tiny synthetic data (32 px, timm test_resnet, 2 epochs), one Ray session.
+
+- a 3-trial search writes a standard Tune experiment that Tuner.restore reads back in a fresh
+  process, and search_summary.json agrees with it; one of its trials raises once (the
+  CROPTUNE_TEST_FAULT_DIR hook in trainable.tune_entry) and is retried from its checkpoint;
+- bad input is one line, exit 2, and writes nothing.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import ray
+
+import run_search
+from trainable.demo_data import layout_paths, write_synthetic_dataset
+from trainable.tune_entry import FAULT_DIR_ENV
+from tuner.experiment import BASE_CONFIG_FILE, META_FILE, SUMMARY_FILE
+from tuner.summary import SUMMARY_KEYS
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCHS = 2
+
+
+def tiny_flags(root: Path, storage: Path, name: str) -> list[str]:
+    flags = []
+    for key, value in layout_paths(root).items():
+        flags += ["--" + key.replace("_", "-"), str(value)]
+    return flags + ["--backbone", "test_resnet", "--no-pretrained", "--image-size", "32",
+                    "--progressive-image-size", "40", "--batch-size", "32", "--epochs", str(EPOCHS),
+                    "--num-workers", "0", "--device", "cpu", "--storage-path", str(storage), "--name", name,
+                    "--space", "stage_epochs", "--grace-period", "1", "--reduction-factor", "2"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Tiny data, a fault-injection dir (armed per test) and one small Ray session for the module."""
+    base = tmp_path_factory.mktemp("search")
+    root = write_synthetic_dataset(base / "data", seed=0, max_per_class=6, min_per_class=2, val_per_class=1,
+                                   image_size=32)
+    fault_dir = base / "faults"
+    fault_dir.mkdir()
+    saved = {k: os.environ.get(k) for k in ("CROPTUNE_CACHE_DIR", FAULT_DIR_ENV)}
+    # set before ray.init: Ray's worker processes inherit the driver's environment
+    os.environ["CROPTUNE_CACHE_DIR"] = str(base / "cache")
+    os.environ[FAULT_DIR_ENV] = str(fault_dir)
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield {"root": root, "storage": base / "results", "faults": fault_dir, "tmp": base}
+    ray.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+RESTORE_SCRIPT = """
+import json, sys
+from ray import tune
+from trainable.tune_entry import train_trial
+grid = tune.Tuner.restore(sys.argv[1], trainable=train_trial).get_results()
+print(json.dumps([{"trial_id": r.metrics.get("trial_id"), "epoch": r.metrics.get("epoch"),
+                   "macro_f1": r.metrics.get("macro_f1"), "config": r.config,
+                   "error": None if r.error is None else str(r.error)} for r in grid]))
+"""
+
+
+def test_search_writes_a_restorable_experiment_and_retries_a_crashed_trial(env, capsys):
+    (env["faults"] / "fail_once_at_epoch").write_text(str(EPOCHS))
+    try:
+        code = run_search.main(tiny_flags(env["root"], env["storage"], "e2e") + ["--num-samples", "3"])
+    finally:
+        (env["faults"] / "fail_once_at_epoch").unlink()
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert "resources: 2 CPUs" in out and "Best trial" in out
+    exp = env["storage"] / "e2e"
+    for name in (META_FILE, BASE_CONFIG_FILE, SUMMARY_FILE, "tuner.pkl"):
+        assert (exp / name).is_file(), name
+    summary = json.loads((exp / SUMMARY_FILE).read_text())
+    assert tuple(summary) == SUMMARY_KEYS
+
+    # a fresh process reads the experiment back with the standard Tune API
+    proc = subprocess.run([sys.executable, "-c", RESTORE_SCRIPT, str(exp)], capture_output=True, text=True,
+                          cwd=REPO, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {r["trial_id"]: r for r in json.loads(proc.stdout.strip().splitlines()[-1])}
+    assert summary["num_trials"] == len(results) == 3
+    assert summary["num_failed"] == sum(r["error"] is not None for r in results.values()) == 0
+    assert summary["num_stopped_early"] == sum(r["epoch"] < EPOCHS for r in results.values())
+    assert summary["epochs_consumed"] == sum(r["epoch"] for r in results.values())
+    finished = {t: r for t, r in results.items() if r["epoch"] == EPOCHS}
+    best_id = max(finished, key=lambda t: finished[t]["macro_f1"])
+    assert summary["best_trial_id"] == best_id
+    assert summary["best_value"] == pytest.approx(results[best_id]["macro_f1"])
+    base = json.loads((exp / BASE_CONFIG_FILE).read_text())
+    assert summary["best_config"] == {**base, **results[best_id]["config"]}
+    assert summary["metric"] == "macro_f1" and summary["mode"] == "max" and summary["space"] == "stage_epochs"
+    assert summary["storage_path"] == str(env["storage"]) and summary["experiment"] == "e2e"
+    assert summary["wall_time_s"] > 0
+
+    # the trial that crashed at epoch 2 was restarted from its epoch-1 checkpoint: epoch 1 ran once
+    crashed = (env["faults"] / "raised").read_text().strip()
+    (env["faults"] / "raised").unlink()
+    assert crashed in results and results[crashed]["error"] is None
+    trial_dir = next(p for p in exp.iterdir() if p.is_dir() and crashed in p.name)
+    epochs = pd.read_csv(trial_dir / "progress.csv")["epoch"].tolist()
+    assert epochs == [1, 2], epochs
+    assert "injected test fault" in (trial_dir / "error.txt").read_text()
+    # every trial kept its checkpoints in the croptune format
+    assert list(trial_dir.glob("checkpoint_*/checkpoint.pth"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--space", "nope"], "unknown search space"),
+    (["--grace-period", "5"], "--grace-period 5"),
+    (["--stage2-epoch", "2", "--stage3-epoch", "1"], "out of order"),
+    (["--train-dir", "/nonexistent/train"], "--demo"),
+    (["--resume", "never-ran"], "--resume"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(env, tmp_path, extra, message):
+    storage = tmp_path / "results"
+    flags = tiny_flags(env["root"], storage, "bad") + extra
+    if extra[0] == "--resume":
+        flags = ["--resume", "never-ran", "--storage-path", str(storage)]
+    proc = subprocess.run([sys.executable, str(REPO / "run_search.py"), *flags], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+    assert not storage.exists() and not any(tmp_path.iterdir())
