@@ -3,13 +3,17 @@
 - a 3-trial search writes a standard Tune experiment that Tuner.restore reads back in a fresh
   process, and search_summary.json agrees with it; one of its trials raises once (the
   CROPTUNE_TEST_FAULT_DIR hook in trainable.tune_entry) and is retried from its checkpoint;
+- Ctrl-C mid-trial, then --resume, completes the search without rerunning what ran;
 - bad input is one line, exit 2, and writes nothing.
 """
 
 import json
 import os
+import pickle
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -133,3 +137,57 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(env, tmp_path, extra, m
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
     assert not storage.exists() and not any(tmp_path.iterdir())
+
+
+def wait_for(predicate, timeout: float, proc=None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"search exited early ({proc.returncode}): {proc.stdout.read()[-3000:]}")
+        time.sleep(0.5)
+    raise AssertionError("timed out")
+
+
+def test_interrupted_search_resumes_and_completes(env, capsys):
+    storage = env["storage"]
+    exp = storage / "resume"
+    (env["faults"] / "pause_once_after_epoch").write_text("1 120")  # first trial sleeps after epoch 1
+    flags = tiny_flags(env["root"], storage, "resume") + ["--num-samples", "2", "--max-concurrent", "1"]
+    proc = subprocess.Popen([sys.executable, str(REPO / "run_search.py"), *flags], cwd=env["tmp"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def epoch_one_recorded():
+            return (env["faults"] / "paused").is_file() and any(
+                p.stat().st_size > 0 and len(p.read_text().splitlines()) >= 2 for p in exp.glob("*/progress.csv"))
+        wait_for(epoch_one_recorded, 240, proc)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C while the first trial is mid-run
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        (env["faults"] / "pause_once_after_epoch").unlink()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out[-3000:]
+    assert f"python run_search.py --resume resume --storage-path {storage}" in out
+    assert not (exp / SUMMARY_FILE).exists()
+    paused = (env["faults"] / "paused").read_text().strip()
+    (env["faults"] / "paused").unlink()
+
+    capsys.readouterr()
+    assert run_search.main(["--resume", "resume", "--storage-path", str(storage)]) == 0
+    assert "Resuming" in capsys.readouterr().out
+    summary = json.loads((exp / SUMMARY_FILE).read_text())
+    assert summary["num_trials"] == 2 and summary["num_failed"] == 0
+    # the interrupted trial continued from its epoch-1 checkpoint instead of starting over
+    trial_dir = next(p for p in exp.iterdir() if p.is_dir() and paused in p.name)
+    assert pd.read_csv(trial_dir / "progress.csv")["epoch"].tolist() == [1, 2]
+    # the Optuna study survived the interruption: both trials in one history, both finished
+    state_file = max(exp.glob("searcher-state-*.pkl"), key=lambda p: p.stat().st_mtime)  # this session's
+    with open(state_file, "rb") as handle:
+        study = pickle.load(handle)["_ot_study"]
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    meta = json.loads((exp / META_FILE).read_text())
+    assert [s["outcome"] for s in meta["sessions"]] == ["interrupted", "finished"]
+    assert summary["wall_time_s"] == pytest.approx(sum(s["wall_time_s"] for s in meta["sessions"]), abs=0.01)

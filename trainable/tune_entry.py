@@ -15,6 +15,9 @@ CROPTUNE_TEST_FAULT_DIR names a directory holding a file `fail_once_at_epoch` wi
 N: the first trial to finish training epoch N then raises before reporting it, once, so a
 test sees Tune restart that trial from its epoch N-1 checkpoint. The trial that raised
 writes its id to `<dir>/raised` (created exclusively, so exactly one trial raises).
+A file `pause_once_after_epoch` holding "N SECONDS" makes the first trial to report epoch N
+sleep that long afterwards (id in `<dir>/paused`): a window in which a test can interrupt
+the search with a trial mid-run.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import ray
@@ -67,6 +71,7 @@ def train_trial(config: dict, data=None, base=None) -> None:
         for result in fit(cfg, data, state=state, device=device):
             _maybe_inject_fault(result.epoch)
             _report(result)
+            _maybe_pause(result.epoch)
     except DivergedError as exc:
         message = f"diverged: {exc}"
         _write_marker(trial_dir / DIVERGED_MARKER, message)
@@ -132,19 +137,34 @@ def _report(result) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
 
-def _maybe_inject_fault(epoch: int) -> None:
+def _test_hook(trigger_name: str, marker_name: str, epoch: int) -> list[str] | None:
+    """The trigger's arguments when a CROPTUNE_TEST_FAULT_DIR hook fires for `epoch`, else None."""
     fault_dir = os.environ.get(FAULT_DIR_ENV)
     if not fault_dir:
-        return
-    trigger = Path(fault_dir) / "fail_once_at_epoch"
-    if not trigger.is_file() or int(trigger.read_text().strip() or 0) != epoch:
-        return
+        return None
+    trigger = Path(fault_dir) / trigger_name
+    if not trigger.is_file():
+        return None
+    args = trigger.read_text().split()
+    if not args or int(args[0]) != epoch:
+        return None
     try:
-        with open(Path(fault_dir) / "raised", "x") as marker:  # exclusive: one trial, once
+        with open(Path(fault_dir) / marker_name, "x") as marker:  # exclusive: one trial, once
             marker.write(f"{tune.get_context().get_trial_id()}\n")
     except FileExistsError:
-        return
-    raise RuntimeError(f"injected test fault at epoch {epoch} ({FAULT_DIR_ENV})")
+        return None
+    return args
+
+
+def _maybe_inject_fault(epoch: int) -> None:
+    if _test_hook("fail_once_at_epoch", "raised", epoch) is not None:
+        raise RuntimeError(f"injected test fault at epoch {epoch} ({FAULT_DIR_ENV})")
+
+
+def _maybe_pause(epoch: int) -> None:
+    args = _test_hook("pause_once_after_epoch", "paused", epoch)
+    if args is not None:
+        time.sleep(float(args[1]))
 
 
 def _write_marker(path: Path, text: str) -> None:

@@ -100,8 +100,12 @@ def connect(settings) -> bool:
             ray.init(address=settings.address, runtime_env=runtime_env)
         except Exception as exc:  # ConnectionError, TimeoutError, RuntimeError depending on the form
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            # Ray 2.60 sends its auth token to an explicit address only when asked to.
+            auth = ("; if the cluster uses token authentication (Ray's default), set RAY_AUTH_MODE=token "
+                    "(token from ~/.ray/auth_token or RAY_AUTH_TOKEN)"
+                    if settings.address != "auto" and not os.environ.get("RAY_AUTH_MODE") else "")
             raise UserError(f"--address {settings.address}: cannot attach to a Ray cluster ({reason}); "
-                            f"start one with `ray start --head` or fix the address") from None
+                            f"start one with `ray start --head` or fix the address{auth}") from None
         return True
     import torch
 
