@@ -9,10 +9,12 @@ instance on the machine, including other test sessions'.)
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,9 +36,13 @@ def free_port() -> int:
 def head_node(tmp_path):
     port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    # Its own (short: socket paths) temp dir, so the node's `ray_current_cluster` address file
+    # does not land in /tmp/ray, where every later plain ray.init() on the machine would follow it.
+    temp_dir = tempfile.mkdtemp(prefix="ctray", dir="/tmp")
     log = open(tmp_path / "head.log", "w")
     head = subprocess.Popen([RAY, "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
-                             "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats", "--block"],
+                             "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats",
+                             "--temp-dir", temp_dir, "--block"],
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         deadline = time.time() + 120
@@ -54,6 +60,7 @@ def head_node(tmp_path):
                 os.killpg(head.pid, signal.SIGKILL)  # the group we created: only this node
                 head.wait(timeout=30)
         log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_search_runs_on_an_existing_cluster(head_node, tmp_path):

@@ -52,7 +52,7 @@ def env(tmp_path_factory):
     # set before ray.init: Ray's worker processes inherit the driver's environment
     os.environ["CROPTUNE_CACHE_DIR"] = str(base / "cache")
     os.environ[FAULT_DIR_ENV] = str(fault_dir)
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
     yield {"root": root, "storage": base / "results", "faults": fault_dir, "tmp": base}
     ray.shutdown()
     for key, value in saved.items():

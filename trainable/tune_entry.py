@@ -24,19 +24,19 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import ray
-import torch
 from ray import tune
 
-from trainable.checkpoint import load_checkpoint, save_checkpoint
 from trainable.config import TrainConfig
-from trainable.devices import mps_available
 from trainable.errors import DivergedError
-from trainable.loop import fit
+
+# torch and the loop are imported inside the trial: the driver only pickles `train_trial` by
+# reference, and importing torch + timm there would cost it seconds for nothing.
 
 CHECKPOINT_FILE = "checkpoint.pth"
 DIVERGED_MARKER = "diverged.txt"
@@ -59,6 +59,8 @@ def train_trial(config: dict, data=None, base=None) -> None:
     """Train one trial, restoring from Tune's checkpoint when Tune restarts it."""
     if data is None:
         raise ValueError("train_trial needs the dataset: wrap it with tune.with_parameters(train_trial, data=...)")
+    from trainable.loop import fit
+
     cfg = _trial_config(config, base)
     device = trial_device(cfg.device)
     _set_threads()
@@ -95,6 +97,10 @@ def trial_device(requested: str = "auto") -> str:
     says nothing; the assignment does. Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU(s),
     so "cuda" is the right one (shared with other trials when --gpus-per-trial < 1).
     """
+    import torch
+
+    from trainable.devices import mps_available
+
     if requested == "cpu":
         return "cpu"
     gpu_ids = ray.get_gpu_ids()
@@ -104,6 +110,10 @@ def trial_device(requested: str = "auto") -> str:
         return "cuda"
     if (has_mps or gpu_ids) and mps_available():
         return "mps"
+    if gpu_ids:
+        print(f"warning: Ray assigned GPU(s) {gpu_ids} to this trial but torch sees no CUDA device "
+              f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); training on CPU",
+              file=sys.stderr, flush=True)
     if requested in ("cuda", "mps"):
         raise RuntimeError(f"--device {requested}: this trial was assigned no {requested} device by Ray "
                            f"(assigned: {assigned}); check --gpus-per-trial")
@@ -112,12 +122,16 @@ def trial_device(requested: str = "auto") -> str:
 
 def _set_threads() -> None:
     """As many intra-op threads as CPUs Ray assigned (Ray also sets OMP_NUM_THREADS so)."""
+    import torch
+
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)
     if cpus >= 1:
         torch.set_num_threads(math.floor(cpus))
 
 
 def _restored_state() -> dict | None:
+    from trainable.checkpoint import load_checkpoint
+
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
@@ -132,6 +146,8 @@ def _report(result) -> None:
         raise RuntimeError(f"fit() did not report {', '.join(missing)}")
     # REPORTED first: Tune's live table shows the first few metrics of a result.
     metrics = {**{k: numeric[k] for k in REPORTED}, **numeric, "epoch": int(result.epoch)}
+    from trainable.checkpoint import save_checkpoint
+
     with tempfile.TemporaryDirectory(prefix="croptune-ckpt-") as directory:
         save_checkpoint(result.state, Path(directory) / CHECKPOINT_FILE)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))

@@ -107,12 +107,14 @@ def connect(settings) -> bool:
             raise UserError(f"--address {settings.address}: cannot attach to a Ray cluster ({reason}); "
                             f"start one with `ray start --head` or fix the address{auth}") from None
         return True
-    import torch
-
     from tuner.resources import MPS_RESOURCE, local_mps_available
 
-    resources = {MPS_RESOURCE: 1} if not torch.cuda.is_available() and local_mps_available() else None
-    ray.init(resources=resources, runtime_env=runtime_env)
+    # Ray finds CUDA GPUs itself; an Apple GPU becomes the custom `mps` resource (torch is
+    # imported for that check on macOS only: the driver needs no torch otherwise).
+    resources = {MPS_RESOURCE: 1} if sys.platform == "darwin" and local_mps_available() else None
+    # address="local": a new local instance even when `ray start` left a cluster address on
+    # this machine (plain ray.init() would attach to it); --address is the way to attach.
+    ray.init(address="local", resources=resources, runtime_env=runtime_env)
     return True
 
 
