@@ -184,7 +184,9 @@ def test_interrupted_search_resumes_and_completes(env, capsys):
     trial_dir = next(p for p in exp.iterdir() if p.is_dir() and paused in p.name)
     assert pd.read_csv(trial_dir / "progress.csv")["epoch"].tolist() == [1, 2]
     # the Optuna study survived the interruption: both trials in one history, both finished
-    state_file = max(exp.glob("searcher-state-*.pkl"), key=lambda p: p.stat().st_mtime)  # this session's
+    # one searcher state per driver session, named by its start time (mtimes are not: Tune
+    # copies every file of the experiment again at the end)
+    state_file = max(exp.glob("searcher-state-*.pkl"), key=lambda p: p.name)
     with open(state_file, "rb") as handle:
         study = pickle.load(handle)["_ot_study"]
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
