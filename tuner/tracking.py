@@ -1,0 +1,274 @@
+"""MLflow tracking for a search: the store, the experiment, the parent run and the UI.
+
+Every function runs on the driver. Trials never talk to MLflow: `MlflowTrialCallback`
+(tuner/tracking_callback.py) logs them from the driver as nested child runs, and
+tuner/tracking_artifacts.py adds the end-of-search plots.
+
+    uri = resolve_tracking_uri(args.mlflow_uri)       # absolute; before Ray starts
+    preflight(uri)                                     # UserError if unusable, in seconds
+    client = MlflowClient(uri)
+    experiment_id = ensure_experiment(client, args.mlflow_experiment)
+    parent = start_parent_run(client, experiment_id, name, params=..., resume=bool(args.resume))
+    ... Tuner(..., RunConfig(callbacks=[MlflowTrialCallback(uri, experiment_id, parent, base.to_dict())]))
+    finish_parent_run(client, parent, "FINISHED" | "FAILED" | "KILLED")
+    print(where_to_look(uri, experiment_id, parent))
+
+mlflow is imported lazily: `run_search.py --help` and `ui` stay fast.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import ssl
+import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from trainable.errors import UserError
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # the UI opens on runs, not on GenAI traces
+PARENT_TAG = "mlflow.parentRunId"
+SEARCH_TAG = "croptune.search"     # parent run: the Tune experiment name
+ROLE_TAG = "croptune.role"         # "search" (parent) | "trial" (child) | "retrain"
+TRIAL_TAG = "trial_id"             # child run: the Tune trial id
+DEFAULT_PORT = 5000
+SQLITE_HEADER = b"SQLite format 3\x00"
+_SQL_SCHEMES = ("postgresql", "mysql", "mssql", "databricks", "databricks-uc")
+
+
+# ------------------------------------------------------------------ the store
+def resolve_tracking_uri(uri: str | None = None, cwd: str | Path | None = None) -> str:
+    """The tracking URI every process should use, made absolute on the driver.
+
+    Order: `uri`, $MLFLOW_TRACKING_URI, then sqlite:///<cwd>/mlflow.db. Relative SQLite paths
+    (and bare `*.db` paths) become absolute: trials run in Ray's session directory.
+    """
+    uri = (uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db").strip()
+    base = Path(cwd) if cwd else Path.cwd()
+    scheme = urllib.parse.urlparse(uri).scheme
+    if not scheme and uri.endswith((".db", ".sqlite", ".sqlite3")):
+        return "sqlite:///" + str((base / uri).resolve())
+    if not scheme:
+        return (base / uri).resolve().as_uri()  # a file store: preflight explains it is refused
+    if scheme == "sqlite" and uri.startswith("sqlite:///"):
+        path, _, query = uri[len("sqlite:///"):].partition("?")
+        if path and not path.startswith("/") and path != ":memory:":
+            path = str((base / path).resolve())
+        return "sqlite:///" + path + (f"?{query}" if query else "")
+    return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].partition("?")[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def preflight(uri: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, with one line, if the search could not log to `uri`.
+
+    MLflow's own HTTP client retries for minutes; this uses one short request of its own.
+    """
+    scheme = urllib.parse.urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        _preflight_server(uri.rstrip("/"), timeout)
+    elif scheme == "sqlite":
+        _preflight_sqlite(uri)
+    elif scheme in ("file", ""):
+        raise UserError(f"MLflow tracking URI {uri}: MLflow 3.17 refuses the plain file store; use "
+                        f"sqlite:///path/to/mlflow.db (the default) or an http:// tracking server")
+    elif scheme.split("+")[0] not in _SQL_SCHEMES:
+        raise UserError(f"MLflow tracking URI {uri}: unsupported scheme {scheme!r}; use "
+                        f"sqlite:///path/to/mlflow.db or http://host:port")
+
+
+def _preflight_sqlite(uri: str) -> None:
+    path = sqlite_path(uri)
+    if path is None:
+        raise UserError(f"MLflow tracking URI {uri}: give a database file, e.g. "
+                        f"sqlite:///{Path.cwd() / 'mlflow.db'} (an in-memory store is lost with the driver)")
+    if path.is_dir():
+        raise UserError(f"MLflow tracking URI {uri}: {path} is a directory; name a database file")
+    if path.exists():
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise UserError(f"MLflow tracking URI {uri}: {path} is not writable")
+        with open(path, "rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+        if header and header != SQLITE_HEADER:
+            raise UserError(f"MLflow tracking URI {uri}: {path} exists but is not an SQLite database")
+        return
+    if not path.parent.is_dir():
+        raise UserError(f"MLflow tracking URI {uri}: directory {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise UserError(f"MLflow tracking URI {uri}: cannot create {path.name} in {path.parent} "
+                        f"(not writable)")
+
+
+def _request(url: str, timeout: float):
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    elif user and password:
+        basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {basic}")
+    context = None
+    if url.startswith("https") and os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        context = ssl._create_unverified_context()
+    return urllib.request.urlopen(request, timeout=timeout, context=context)
+
+
+def _preflight_server(uri: str, timeout: float) -> None:
+    url = f"{uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    try:
+        with _request(url, timeout) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise UserError(f"MLflow tracking server {uri} refused the credentials (HTTP {exc.code}); "
+                            f"set MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN") from None
+        raise UserError(f"{uri} answered HTTP {exc.code} to the MLflow API: is it an MLflow "
+                        f"tracking server? (check --mlflow-uri)") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(f"cannot reach the MLflow tracking server at {uri} ({reason}); start it "
+                        f"(python run_search.py ui) or fix --mlflow-uri / MLFLOW_TRACKING_URI") from None
+    try:
+        json.loads(body or b"{}")
+    except ValueError:
+        raise UserError(f"{uri} is not an MLflow tracking server (its API answer is not JSON); "
+                        f"check --mlflow-uri") from None
+
+
+# ------------------------------------------------------------------ experiment and parent run
+def client_for(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(client, name: str) -> str:
+    """The id of experiment `name`, created (tagged for the model-training UI) when missing."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except MlflowException as exc:  # created concurrently by another driver
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise UserError(f"cannot create MLflow experiment {name!r}: {exc.message}") from None
+    if experiment.lifecycle_stage == "deleted":
+        raise UserError(f"MLflow experiment {name!r} is deleted: restore it "
+                        f"(mlflow experiments restore) or choose another --mlflow-experiment")
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def log_params(client, run_id: str, params: dict) -> None:
+    """Log params as strings, in batches MLflow accepts (100 per call, 6000 chars each)."""
+    from mlflow.entities import Param
+
+    items = [Param(str(k), _param_value(v)) for k, v in params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start:start + 100])
+
+
+def _param_value(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text[:6000]
+
+
+def find_parent_run(client, experiment_id: str, search_name: str):
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{SEARCH_TAG}` = '{_quote(search_name)}' and tags.`{ROLE_TAG}` = 'search'",
+        max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
+
+
+def _quote(value: str) -> str:
+    return str(value).replace("'", "\\'")
+
+
+def start_parent_run(client, experiment_id: str, search_name: str, params: dict | None = None,
+                     tags: dict | None = None, resume: bool = False) -> str:
+    """Create the search's parent run (or, with resume, reopen the one of the same search)."""
+    if resume:
+        run = find_parent_run(client, experiment_id, search_name)
+        if run is not None:
+            client.update_run(run.info.run_id, status="RUNNING")
+            client.set_tag(run.info.run_id, "resumed", "true")
+            return run.info.run_id
+    all_tags = {SEARCH_TAG: search_name, ROLE_TAG: "search", **(tags or {})}
+    commit = git_commit()
+    if commit and "mlflow.source.git.commit" not in all_tags:
+        all_tags["mlflow.source.git.commit"] = commit
+    run = client.create_run(experiment_id, run_name=search_name, tags=all_tags)
+    if params:
+        log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def finish_parent_run(client, run_id: str, status: str = "FINISHED") -> None:
+    """Mark the parent FINISHED, FAILED or KILLED (Ctrl-C)."""
+    if status not in ("FINISHED", "FAILED", "KILLED"):
+        raise ValueError(f"status must be FINISHED, FAILED or KILLED, not {status!r}")
+    client.set_terminated(run_id, status=status)
+
+
+# ------------------------------------------------------------------ where to look
+def runs_url(base_url: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The UI page of the experiment's model-training runs view (or of one run)."""
+    base = base_url.rstrip("/")
+    page = f"runs/{run_id}" if run_id else "runs"
+    return f"{base}/#/experiments/{experiment_id}/{page}?workflowType=machine_learning"
+
+
+def where_to_look(uri: str, experiment_id: str, run_id: str | None = None,
+                  port: int = DEFAULT_PORT) -> str:
+    """One line telling the user where to see the runs in the MLflow UI."""
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow: {runs_url(uri, experiment_id, run_id)}"
+    url = runs_url(f"http://127.0.0.1:{port}", experiment_id, run_id)
+    flag = "" if uri == resolve_tracking_uri(None) else f" --mlflow-uri {uri}"
+    return f"MLflow: run `python run_search.py ui{flag}` then open {url}"
+
+
+def ui_main(argv: list[str] | None = None) -> int:
+    """`python run_search.py ui [--port P] [--host H] [--mlflow-uri URI] [--mlflow-experiment NAME]`."""
+    from tuner.tracking_ui import main
+
+    return main(argv)
+
+
+def __getattr__(name: str):
+    # Lazy re-exports: importing tuner.tracking must not import Ray, mlflow or matplotlib.
+    if name == "MlflowTrialCallback":
+        from tuner.tracking_callback import MlflowTrialCallback
+
+        return MlflowTrialCallback
+    if name in ("log_search_artifacts", "log_best_trial_artifacts", "log_confusion_matrix",
+                "tables_from_results"):
+        from tuner import tracking_artifacts
+
+        return getattr(tracking_artifacts, name)
+    raise AttributeError(name)

@@ -1,0 +1,248 @@
+"""One nested MLflow child run per Tune trial, logged from the driver.
+
+Trials need no MLflow access, and a trial that restarts (FailureConfig) or resumes after a
+driver restart (`--resume`) continues the same run: runs are found again by their `trial_id`
+tag under the parent run. End states:
+
+    FINISHED  the trial ran all its epochs                       stopped_early=false
+    KILLED    ASHA (or a stopper) ended it before its last epoch  stopped_early=true
+    FAILED    it raised after its retries                         diverged=true for a DivergedError
+    KILLED    the search ended (Ctrl-C, time budget) meanwhile    interrupted=true (reopened on resume)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from numbers import Number
+from pathlib import Path
+
+from ray.tune import Callback
+
+from trainable.config import field_names
+from tuner.tracking import PARENT_TAG, ROLE_TAG, TRIAL_TAG, _quote, client_for, log_params
+
+# Ray's bookkeeping in every result: not training metrics.
+RAY_KEYS = frozenset({
+    "config", "date", "done", "experiment_id", "experiment_tag", "hostname", "iterations_since_restore",
+    "node_ip", "pid", "should_checkpoint", "time_since_restore", "timestamp", "trial_id",
+    "training_iteration", "checkpoint_dir_name", "time_this_iter_s", "timesteps_total",
+    "episodes_total", "timesteps_since_restore",
+})
+
+
+class MlflowTrialCallback(Callback):
+    """Log every trial of a Tune run as a child of `parent_run_id`.
+
+    base_config: the base TrainConfig as a dict. With it each child run gets the trial's full
+    resolved TrainConfig as params (base + the trial's overrides) and a trial counts as
+    stopped early when its last epoch is below its `epochs`. Without it the trial config
+    itself is logged and any scheduler stop counts as early.
+    """
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str,
+                 base_config: dict | None = None, step_key: str = "epoch"):
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.base_config = dict(base_config) if base_config else None
+        self.step_key = step_key
+        self._client = None
+        self._runs: dict[str, str] = {}        # trial_id -> run_id
+        self._last_step: dict[str, int] = {}   # trial_id -> last logged step
+        self._stop_requested: set[str] = set()  # trial ids whose last result carried done=True
+        self._closed: set[str] = set()
+
+    # Tune pickles RunConfig (callbacks included) into the experiment; a client is not state.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_client"] = None
+        return state
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = client_for(self.tracking_uri)
+        return self._client
+
+    def run_id(self, trial_id: str) -> str | None:
+        """The MLflow run of a trial (e.g. to add the best trial's artifacts)."""
+        return self._runs.get(trial_id) or self._find_run(trial_id)
+
+    # ----------------------------------------------------------------- Tune hooks
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._open(trial)
+
+    def on_trial_restore(self, iteration, trials, trial, **info):
+        self._open(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self._open(trial)
+        step = int(result.get(self.step_key, result.get("training_iteration", 0)))
+        if result.get("done"):
+            self._stop_requested.add(trial.trial_id)
+        if step <= self._last_step.get(trial.trial_id, -1):
+            return  # a restarted trial re-reporting an epoch it had already logged
+        self._last_step[trial.trial_id] = step
+        metrics = _numeric(result)
+        if metrics:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            batch = [Metric(key, value, now, step) for key, value in metrics.items()]
+            for start in range(0, len(batch), 1000):
+                self.client.log_batch(run_id, metrics=batch[start:start + 1000])
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        run_id = self._open(trial)
+        self.client.set_tag(run_id, "num_failures", str(trial.num_failures))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id = self._open(trial)
+        early = self._stopped_early(trial)
+        self.client.set_tag(run_id, "stopped_early", str(early).lower())
+        self._close(trial, "KILLED" if early else "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self._open(trial)
+        error = _error_text(trial)
+        self.client.set_tag(run_id, "diverged", str("DivergedError" in error).lower())
+        if error:
+            self.client.set_tag(run_id, "error", _last_line(error)[:500])
+        self.client.set_tag(run_id, "num_failures", str(trial.num_failures))
+        self._close(trial, "FAILED")
+
+    def on_experiment_end(self, trials, **info):
+        # Trials still open here were stopped with the search (Ctrl-C, time budget, driver error).
+        for trial in trials:
+            if trial.trial_id in self._runs and trial.trial_id not in self._closed:
+                self.client.set_tag(self._runs[trial.trial_id], "interrupted", "true")
+                self._close(trial, "FAILED" if trial.status == "ERROR" else "KILLED")
+
+    def get_state(self):
+        return {"runs": dict(self._runs), "last_step": dict(self._last_step)}
+
+    def set_state(self, state):
+        self._runs.update(state.get("runs", {}))
+        self._last_step.update(state.get("last_step", {}))
+
+    # ----------------------------------------------------------------- runs
+    def _open(self, trial) -> str:
+        trial_id = trial.trial_id
+        if trial_id in self._runs and trial_id not in self._closed:
+            return self._runs[trial_id]
+        run_id = self._runs.get(trial_id) or self._find_run(trial_id)
+        if run_id is None:
+            run_id = self._create_run(trial)
+        else:  # continuing after a restart or a resume
+            run = self.client.get_run(run_id)
+            if run.info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+            if "interrupted" in run.data.tags:
+                self.client.delete_tag(run_id, "interrupted")
+            if trial_id not in self._last_step:
+                self._last_step[trial_id] = _last_logged_step(self.client, run)
+        self._runs[trial_id] = run_id
+        self._closed.discard(trial_id)
+        return run_id
+
+    def _find_run(self, trial_id: str) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{TRIAL_TAG}` = '{_quote(trial_id)}' and "
+                          f"tags.`{PARENT_TAG}` = '{_quote(self.parent_run_id)}'",
+            max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def _create_run(self, trial) -> str:
+        config = dict(trial.config or {})
+        tags = {PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, ROLE_TAG: "trial"}
+        run = self.client.create_run(self.experiment_id, run_name=str(trial), tags=tags)
+        log_params(self.client, run.info.run_id, self._params(config))
+        return run.info.run_id
+
+    def _params(self, config: dict) -> dict:
+        """The resolved TrainConfig (base + the trial's overrides) and, as `search.*`, the
+        searcher's own params (e.g. the schedule fractions behind the epochs)."""
+        if self.base_config is None:
+            return _flatten(config)
+        fields = set(field_names())
+        resolved = {**self.base_config, **{k: v for k, v in config.items() if k in fields}}
+        searched = {f"search.{k}": v for k, v in _flatten(config).items() if k not in fields}
+        return {**resolved, **searched}
+
+    def _planned_epochs(self, trial) -> int | None:
+        config = trial.config or {}
+        if "epochs" in config:
+            return int(config["epochs"])
+        if self.base_config and "epochs" in self.base_config:
+            return int(self.base_config["epochs"])
+        return None
+
+    def _stopped_early(self, trial) -> bool:
+        last = (trial.last_result or {}).get(self.step_key)
+        planned = self._planned_epochs(trial)
+        if planned is not None and last is not None:
+            return int(last) < planned
+        return trial.trial_id in self._stop_requested
+
+    def _close(self, trial, status: str) -> None:
+        self.client.set_terminated(self._runs[trial.trial_id], status=status)
+        self._closed.add(trial.trial_id)
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}/"))
+        else:
+            out[name] = value
+    return out
+
+
+def _numeric(result: dict) -> dict[str, float]:
+    metrics = {}
+    for key, value in _flatten({k: v for k, v in result.items() if k not in RAY_KEYS}).items():
+        if isinstance(value, Number) and not isinstance(value, bool):
+            value = float(value)
+            if math.isfinite(value):  # NaN/inf: the diverged tag tells it; MLflow's REST may not
+                metrics[key] = value
+    return metrics
+
+
+def _last_logged_step(client, run) -> int:
+    if not run.data.metrics:
+        return -1
+    key = "epoch" if "epoch" in run.data.metrics else next(iter(run.data.metrics))
+    history = client.get_metric_history(run.info.run_id, key)
+    return max((m.step for m in history), default=-1)
+
+
+def _error_text(trial) -> str:
+    """The trial's error text, prefixed `DivergedError: ` when that is what it raised.
+
+    Read from the trial's local error files (written before on_trial_error is called);
+    the storage copies Trial.get_error() reads are synced later.
+    """
+    try:
+        import cloudpickle
+
+        text, names = "", set()
+        if trial.pickled_error_file and Path(trial.pickled_error_file).is_file():
+            error = cloudpickle.loads(Path(trial.pickled_error_file).read_bytes())
+            names = {type(e).__name__ for e in (error, getattr(error, "cause", None)) if e is not None}
+            text = str(error)
+        if trial.error_file and Path(trial.error_file).is_file():
+            text = Path(trial.error_file).read_text(errors="replace") or text
+        text = text or trial.get_error() or ""
+        diverged = any("DivergedError" in name for name in names)
+        return ("DivergedError: " if diverged else "") + text
+    except Exception:  # the error files are best effort; never break the search over a tag
+        return ""
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
