@@ -232,3 +232,17 @@ def test_yaml_ordered_ranges_beyond_the_base_values_are_fine(tmp_path):
 def test_missing_yaml_file():
     with pytest.raises(UserError, match="missing.yaml: search space file not found"):
         search_spaces.get("missing.yaml")
+
+
+def test_ray_optuna_search_runs_the_seed_first():
+    """The wiring the orchestrator uses: Ray's OptunaSearch with a define-by-run space."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    base = seed_base(12)
+    searcher = OptunaSearch(space=search_spaces.define_by_run("full", base), metric="macro_f1",
+                            mode="max", points_to_evaluate=[search_spaces.seed_defaults(base, "full")],
+                            seed=0)
+    first, second = searcher.suggest("t0"), searcher.suggest("t1")
+    assert base.replace(**search_spaces.overrides_from_config(first)) == base
+    assert "stage2_frac" in first  # Ray merges the Optuna params into the trial config
+    assert base.replace(**search_spaces.overrides_from_config(second)).validate() != base

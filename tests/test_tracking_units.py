@@ -1,0 +1,132 @@
+"""Tracking pieces that need no server: URIs, preflight of local stores, URLs, figures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from trainable.errors import UserError
+from tuner import tracking
+from tuner.tracking_artifacts import confusion_figure, learning_curves, metric_vs_epoch
+from tuner.tracking_callback import _numeric
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def no_env_uri(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def test_default_uri_is_an_absolute_sqlite_file(tmp_path):
+    assert tracking.resolve_tracking_uri(None, cwd=tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def test_env_uri_is_respected(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
+    assert tracking.resolve_tracking_uri(None, cwd=tmp_path) == "http://tracking:5000"
+    assert tracking.resolve_tracking_uri("sqlite:///x.db", cwd=tmp_path) == f"sqlite:///{tmp_path}/x.db"
+
+
+@pytest.mark.parametrize("given,expected", [
+    ("sqlite:///runs/m.db", "sqlite:///{cwd}/runs/m.db"),
+    ("sqlite:////abs/m.db", "sqlite:////abs/m.db"),
+    ("sqlite:///m.db?timeout=30", "sqlite:///{cwd}/m.db?timeout=30"),
+    ("store.db", "sqlite:///{cwd}/store.db"),
+    ("mlruns", "file://{cwd}/mlruns"),
+    ("https://mlflow.example.com", "https://mlflow.example.com"),
+])
+def test_relative_paths_become_absolute(tmp_path, given, expected):
+    assert tracking.resolve_tracking_uri(given, cwd=tmp_path) == expected.format(cwd=tmp_path)
+
+
+def test_preflight_sqlite_ok_new_and_existing(tmp_path):
+    tracking.preflight(f"sqlite:///{tmp_path}/new.db")
+    import sqlite3
+
+    sqlite3.connect(tmp_path / "old.db").execute("create table t(x)").connection.commit()
+    tracking.preflight(f"sqlite:///{tmp_path}/old.db")
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: f"sqlite:///{p}/missing/m.db", "directory .*missing does not exist"),
+    (lambda p: f"sqlite:///{p}", "is a directory"),
+    (lambda p: (Path(p, "notdb.db").write_text("hello"), f"sqlite:///{p}/notdb.db")[1],
+     "exists but is not an SQLite database"),
+    (lambda p: "sqlite://", "give a database file"),
+    (lambda p: "sqlite:///:memory:", "give a database file"),
+    (lambda p: f"file://{p}/mlruns", "refuses the plain file store"),
+    (lambda p: "ftp://host/x", "unsupported scheme 'ftp'"),
+])
+def test_preflight_sqlite_and_scheme_errors(tmp_path, make, message):
+    with pytest.raises(UserError, match=message) as info:
+        tracking.preflight(make(tmp_path))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_preflight_unwritable_directory(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(UserError, match="not writable"):
+        tracking.preflight(f"sqlite:///{locked}/m.db")
+
+
+def test_preflight_unresolvable_host_is_quick():
+    start = time.monotonic()
+    with pytest.raises(UserError, match="cannot reach the MLflow tracking server"):
+        tracking.preflight("http://no-such-host.invalid:5000", timeout=2)
+    assert time.monotonic() - start < 10
+
+
+def test_runs_url():
+    assert tracking.runs_url("http://127.0.0.1:5000/", "3") == \
+        "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"
+    assert tracking.runs_url("http://h:1", "3", "abc") == \
+        "http://h:1/#/experiments/3/runs/abc?workflowType=machine_learning"
+
+
+def test_where_to_look(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    default = tracking.resolve_tracking_uri(None)
+    assert tracking.where_to_look(default, "1", "r") == (
+        "MLflow: run `python run_search.py ui` then open "
+        "http://127.0.0.1:5000/#/experiments/1/runs/r?workflowType=machine_learning")
+    assert "--mlflow-uri sqlite:////x/y.db" in tracking.where_to_look("sqlite:////x/y.db", "1")
+    assert tracking.where_to_look("http://srv:80", "2").startswith("MLflow: http://srv:80/#/experiments/2/")
+
+
+def test_importing_tracking_is_light():
+    """`run_search.py --help` / `ui` must not pay for Ray, mlflow or matplotlib."""
+    code = ("import sys, tuner.tracking; "
+            "print(sorted(m for m in ('ray', 'mlflow', 'matplotlib', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_numeric_metrics_drop_ray_bookkeeping_and_non_finite():
+    result = {"epoch": 2, "macro_f1": 0.5, "val_loss": float("nan"), "lr": 1e-3, "stage": 2,
+              "done": False, "timestamp": 1, "trial_id": "x", "config": {"lr": 1}, "time_total_s": 3.0,
+              "training_iteration": 2, "flag": True, "name": "s", "nested": {"a": 1}}
+    assert _numeric(result) == {"epoch": 2.0, "macro_f1": 0.5, "lr": 1e-3, "stage": 2.0,
+                                "time_total_s": 3.0, "nested/a": 1.0}
+
+
+def test_figures_render(tmp_path):
+    history = pd.DataFrame({"epoch": [1, 2, 3], "macro_f1": [0.1, 0.2, 0.3], "val_acc": [10, 20, 30],
+                            "train_loss": [2, 1.5, 1], "val_loss": [2.1, 1.7, 1.2]})
+    figures = [metric_vs_epoch({"a": history, "b": history.assign(macro_f1=history.macro_f1 / 2)},
+                               "macro_f1"),
+               learning_curves(history), learning_curves(pd.DataFrame({"epoch": [1]})),
+               confusion_figure(np.array([[3, 1], [0, 0]]), ["a", "b"])]
+    for index, figure in enumerate(figures):
+        path = tmp_path / f"{index}.png"
+        figure.savefig(path)
+        assert path.read_bytes()[:4] == b"\x89PNG"
