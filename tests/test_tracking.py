@@ -322,3 +322,48 @@ def test_ui_refuses_a_busy_port(server, tmp_path):
     with pytest.raises(UserError, match=f"127.0.0.1:{server['port']}.*choose another --port"):
         tracking.ui_main(["--port", str(server["port"]), "--mlflow-uri", f"sqlite:///{tmp_path}/m.db"])
 
+
+
+def test_search_hooks_log_a_whole_search(search, server, capsys):
+    """tuner.hooks integration: flags -> validate -> parent + callback -> artifacts, FINISHED."""
+    import argparse
+    from types import SimpleNamespace
+
+    from tuner.hooks import SearchContext
+    from tuner.tracking_hooks import add_search_arguments, search_hooks
+
+    parser = argparse.ArgumentParser()
+    add_search_arguments(parser)
+    assert vars(parser.parse_args([])) == {}  # only given flags appear (--resume accepts them)
+    assert search_hooks(SimpleNamespace(namespace=parser.parse_args(["--no-mlflow"]))) == []
+    namespace = parser.parse_args(["--mlflow-uri", server["url"], "--mlflow-experiment", "croptune-hooks"])
+    settings = SimpleNamespace(name="hooksearch", space="toy", metric="macro_f1", mode="max", num_samples=4,
+                               seed=0, grace_period=1, reduction_factor=2, max_failures=1, time_budget_s=None,
+                               resume=False, namespace=namespace)
+    (hooks,) = search_hooks(settings)
+    hooks.validate(settings)
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1) * t.suggest_float("y", 0, 1), n_trials=5)
+    good = search["by_case"]["good"]
+    context = SearchContext(settings=settings, experiment_path=str(search["experiment_dir"]),
+                            base_config=search["base"], data_info={"fingerprint": "f00", "class_counts": [1, 2]},
+                            searcher=SimpleNamespace(study=study), results=search["results"],
+                            summary={"best_trial_id": good.metrics["trial_id"]})
+    (callback,) = hooks.callbacks(context)
+    trial = FakeTrial(good.metrics["trial_id"], dict(good.config))
+    callback.on_trial_start(0, [trial], trial)
+    for row in good.metrics_dataframe.to_dict("records"):
+        trial.last_result = row
+        callback.on_trial_result(0, [trial], trial, dict(row))
+    callback.on_trial_complete(0, [trial], trial)
+    hooks.finished(context, "finished")
+
+    client = search["client"]
+    parent = client.get_run(hooks.parent)
+    assert parent.info.status == "FINISHED" and parent.data.params["base.epochs"] == str(EPOCHS)
+    assert parent.data.params["data_fingerprint"] == "f00" and parent.data.params["space"] == "toy"
+    assert {a.path for a in client.list_artifacts(hooks.parent)} >= {"trials.csv", "plots"}
+    best = parent.data.tags["best_run_id"]
+    assert {a.path for a in client.list_artifacts(best, "plots")} == {"plots/learning_curves.png"}
+    out = capsys.readouterr().out
+    assert f"#/experiments/{hooks.experiment_id}/runs/{hooks.parent}?workflowType=machine_learning" in out

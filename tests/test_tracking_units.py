@@ -130,3 +130,19 @@ def test_figures_render(tmp_path):
         path = tmp_path / f"{index}.png"
         figure.savefig(path)
         assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("text,diverged", [
+    ("Failure # 1\nray.exceptions.RayTaskError(TrialDiverged): ... TrialDiverged: diverged: loss nan", True),
+    ("Failure # 1\ntrainable.errors.DivergedError: train_loss is nan", True),
+    ("Failure # 1\nRuntimeError: CUDA out of memory", False),
+])
+def test_diverged_is_told_from_the_error_file(tmp_path, text, diverged):
+    from types import SimpleNamespace
+
+    from tuner.tracking_callback import _error_info
+
+    (tmp_path / "error.txt").write_text(text)
+    trial = SimpleNamespace(pickled_error_file=None, error_file=str(tmp_path / "error.txt"),
+                            get_error=lambda: None)
+    assert _error_info(trial) == (text, diverged)

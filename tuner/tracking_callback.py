@@ -13,6 +13,7 @@ tag under the parent run. End states:
 from __future__ import annotations
 
 import math
+import re
 import time
 from numbers import Number
 from pathlib import Path
@@ -22,6 +23,7 @@ from ray.tune import Callback
 from trainable.config import field_names
 from tuner.tracking import PARENT_TAG, ROLE_TAG, TRIAL_TAG, _quote, client_for, log_params
 
+DIVERGED = re.compile(r"DivergedError|TrialDiverged|\bdiverged:")
 # Ray's bookkeeping in every result: not training metrics.
 RAY_KEYS = frozenset({
     "config", "date", "done", "experiment_id", "experiment_tag", "hostname", "iterations_since_restore",
@@ -105,8 +107,8 @@ class MlflowTrialCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self._open(trial)
-        error = _error_text(trial)
-        self.client.set_tag(run_id, "diverged", str("DivergedError" in error).lower())
+        error, diverged = _error_info(trial)
+        self.client.set_tag(run_id, "diverged", str(diverged).lower())
         if error:
             self.client.set_tag(run_id, "error", _last_line(error)[:500])
         self.client.set_tag(run_id, "num_failures", str(trial.num_failures))
@@ -220,11 +222,12 @@ def _last_logged_step(client, run) -> int:
     return max((m.step for m in history), default=-1)
 
 
-def _error_text(trial) -> str:
-    """The trial's error text, prefixed `DivergedError: ` when that is what it raised.
+def _error_info(trial) -> tuple[str, bool]:
+    """(the trial's error text, whether it diverged).
 
-    Read from the trial's local error files (written before on_trial_error is called);
-    the storage copies Trial.get_error() reads are synced later.
+    Diverged: the trainable raised DivergedError, or tune_entry's TrialDiverged ("diverged: ...").
+    Read from the trial's local error files (written before on_trial_error is called); the
+    storage copies Trial.get_error() reads are synced later.
     """
     try:
         import cloudpickle
@@ -237,10 +240,10 @@ def _error_text(trial) -> str:
         if trial.error_file and Path(trial.error_file).is_file():
             text = Path(trial.error_file).read_text(errors="replace") or text
         text = text or trial.get_error() or ""
-        diverged = any("DivergedError" in name for name in names)
-        return ("DivergedError: " if diverged else "") + text
     except Exception:  # the error files are best effort; never break the search over a tag
-        return ""
+        return "", False
+    diverged = any("Diverged" in name for name in names) or bool(DIVERGED.search(text))
+    return text, diverged
 
 
 def _last_line(text: str) -> str:

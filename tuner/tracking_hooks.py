@@ -1,0 +1,109 @@
+"""MLflow as a search hook (tuner.hooks): flags, preflight, parent run, trial callback, artifacts.
+
+Not active until tuner.tracking re-exports the two entry points tuner.cli / tuner.hooks
+look for:
+
+    from tuner.tracking_hooks import add_search_arguments, search_hooks   # in tuner/tracking.py
+
+Then every search logs to MLflow (default sqlite:///<cwd>/mlflow.db; --no-mlflow turns it off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tuner import tracking
+from tuner.hooks import SearchHooks
+
+STATUS = {"finished": "FINISHED", "interrupted": "KILLED", "failed": "FAILED"}
+
+
+def add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("MLflow tracking")
+    hide = argparse.SUPPRESS  # given flags only: --resume accepts mlflow_* flags
+    group.add_argument("--mlflow-uri", default=hide, metavar="URI",
+                       help="tracking store: sqlite:///path.db or http://host:port "
+                            "(default $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)")
+    group.add_argument("--mlflow-experiment", default=hide, metavar="NAME",
+                       help="MLflow experiment (default croptune)")
+    group.add_argument("--no-mlflow", action="store_true", default=hide, help="do not log to MLflow")
+
+
+def search_hooks(settings) -> list[SearchHooks]:
+    namespace = getattr(settings, "namespace", None)
+    if getattr(namespace, "no_mlflow", False):
+        return []
+    return [MlflowSearchHooks(getattr(namespace, "mlflow_uri", None),
+                              getattr(namespace, "mlflow_experiment", None) or "croptune")]
+
+
+class MlflowSearchHooks(SearchHooks):
+    def __init__(self, uri: str | None = None, experiment: str = "croptune"):
+        self.requested_uri, self.experiment = uri, experiment
+        self.uri = self.client = self.experiment_id = self.parent = self.callback = None
+
+    def validate(self, settings) -> None:
+        self.uri = tracking.resolve_tracking_uri(self.requested_uri)
+        tracking.preflight(self.uri)
+
+    def callbacks(self, context) -> list:
+        from tuner.tracking_callback import MlflowTrialCallback
+
+        settings = context.settings
+        self.uri = self.uri or tracking.resolve_tracking_uri(self.requested_uri)
+        self.client = tracking.client_for(self.uri)
+        self.experiment_id = tracking.ensure_experiment(self.client, self.experiment)
+        self.parent = tracking.start_parent_run(
+            self.client, self.experiment_id, settings.name, params=parent_params(context),
+            tags={"experiment_path": context.experiment_path}, resume=bool(settings.resume))
+        print(tracking.where_to_look(self.uri, self.experiment_id, self.parent), flush=True)
+        self.callback = MlflowTrialCallback(self.uri, self.experiment_id, self.parent,
+                                            context.base_config.to_dict())
+        return [self.callback]
+
+    def finished(self, context, outcome: str) -> None:
+        if self.parent is None:
+            return
+        try:
+            if context.results is not None:
+                self._log_artifacts(context)
+        except Exception as exc:  # the search's own result must not be lost to a plot
+            print(f"warning: MLflow artifacts not logged ({type(exc).__name__}: {exc})", file=sys.stderr)
+        tracking.finish_parent_run(self.client, self.parent, STATUS.get(outcome, "FAILED"))
+        print(tracking.where_to_look(self.uri, self.experiment_id, self.parent), flush=True)
+
+    def _log_artifacts(self, context) -> None:
+        from tuner.tracking_artifacts import (
+            log_best_trial_artifacts,
+            log_search_artifacts,
+            tables_from_results,
+        )
+
+        settings = context.settings
+        trials, histories = tables_from_results(context.results, settings.metric, settings.mode)
+        study = getattr(context.searcher, "study", None) or getattr(context.searcher, "_ot_study", None)
+        log_search_artifacts(self.client, self.parent, trials, histories, study,
+                             metric=settings.metric, mode=settings.mode)
+        best = (context.summary or {}).get("best_trial_id")
+        run_id = self.callback.run_id(best) if best else None
+        if run_id and best in histories:
+            log_best_trial_artifacts(self.client, run_id, histories[best], confusion=None)
+            self.client.set_tag(self.parent, "best_run_id", run_id)
+
+
+def parent_params(context) -> dict:
+    settings, info = context.settings, context.data_info or {}
+    params = {
+        "space": settings.space, "metric": settings.metric, "mode": settings.mode,
+        "num_samples": settings.num_samples, "seed": settings.seed,
+        "scheduler": "ASHA", "asha_time_attr": "epoch", "asha_max_t": context.base_config.epochs,
+        "asha_grace_period": settings.grace_period, "asha_reduction_factor": settings.reduction_factor,
+        "searcher": "OptunaSearch(TPE)", "max_concurrent": getattr(context.resources, "max_concurrent", None),
+        "max_failures": settings.max_failures, "time_budget_s": settings.time_budget_s,
+        "data_fingerprint": info.get("fingerprint"), "data_root": info.get("root"),
+        "num_train": info.get("num_train"), "num_val": info.get("num_val"),
+        "class_counts": info.get("class_counts"),
+    }
+    params.update({f"base.{key}": value for key, value in context.base_config.to_dict().items()})
+    return params
