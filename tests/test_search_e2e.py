@@ -13,6 +13,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -139,13 +140,11 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(env, tmp_path, extra, m
     assert not storage.exists() and not any(tmp_path.iterdir())
 
 
-def wait_for(predicate, timeout: float, proc=None) -> None:
+def wait_for(predicate, timeout: float) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if predicate():
             return
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"search exited early ({proc.returncode}): {proc.stdout.read()[-3000:]}")
         time.sleep(0.5)
     raise AssertionError("timed out")
 
@@ -155,21 +154,29 @@ def test_interrupted_search_resumes_and_completes(env, capsys):
     exp = storage / "resume"
     (env["faults"] / "pause_once_after_epoch").write_text("1 120")  # first trial sleeps after epoch 1
     flags = tiny_flags(env["root"], storage, "resume") + ["--num-samples", "2", "--max-concurrent", "1"]
-    proc = subprocess.Popen([sys.executable, str(REPO / "run_search.py"), *flags], cwd=env["tmp"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        def epoch_one_recorded():
-            return (env["faults"] / "paused").is_file() and any(
-                p.stat().st_size > 0 and len(p.read_text().splitlines()) >= 2 for p in exp.glob("*/progress.csv"))
-        wait_for(epoch_one_recorded, 240, proc)
+
+    def epoch_one_recorded():
+        return (env["faults"] / "paused").is_file() and any(
+            len(p.read_text().splitlines()) >= 2 for p in exp.glob("*/progress.csv"))
+
+    def ctrl_c_mid_trial():
+        wait_for(epoch_one_recorded, 240)
         time.sleep(1.0)
-        proc.send_signal(signal.SIGINT)  # Ctrl-C while the first trial is mid-run
-        out, _ = proc.communicate(timeout=120)
+        os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends; Tune's handler is installed now
+
+    # Tune restores the handler it found after the first SIGINT: make that one harmless, so a
+    # mistimed signal fails this test instead of interrupting pytest.
+    previous = signal.signal(signal.SIGINT, lambda *_: None)
+    killer = threading.Thread(target=ctrl_c_mid_trial, daemon=True)
+    killer.start()
+    try:
+        code = run_search.main(flags)
     finally:
+        killer.join(timeout=300)
+        signal.signal(signal.SIGINT, previous)
         (env["faults"] / "pause_once_after_epoch").unlink()
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, out[-3000:]
+    out = capsys.readouterr().out
+    assert code == 130, out[-3000:]
     assert f"python run_search.py --resume resume --storage-path {storage}" in out
     assert not (exp / SUMMARY_FILE).exists()
     paused = (env["faults"] / "paused").read_text().strip()

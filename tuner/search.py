@@ -158,7 +158,10 @@ def build_tuner(settings, data, context: SearchContext, hooks):
     tune_config = tune.TuneConfig(
         metric=settings.metric, mode=settings.mode, search_alg=searcher, scheduler=scheduler,
         num_samples=settings.num_samples, max_concurrent_trials=context.resources.max_concurrent,
-        time_budget_s=settings.time_budget_s)
+        time_budget_s=settings.time_budget_s,
+        # The next trial runs in a finished trial's worker: no second import of torch + timm
+        # and fetch of the dataset (seconds per trial); fit() seeds everything it uses.
+        reuse_actors=True)
     run_config = tune.RunConfig(
         name=settings.name, storage_path=settings.storage_path, callbacks=callbacks or None,
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
