@@ -146,3 +146,24 @@ def test_diverged_is_told_from_the_error_file(tmp_path, text, diverged):
     trial = SimpleNamespace(pickled_error_file=None, error_file=str(tmp_path / "error.txt"),
                             get_error=lambda: None)
     assert _error_info(trial) == (text, diverged)
+
+
+def test_optuna_plots_leave_the_matplotlib_style_alone(tmp_path):
+    import matplotlib
+    import optuna
+
+    from tuner.tracking_artifacts import _optuna_history
+
+    before = dict(matplotlib.rcParams)
+    study = optuna.create_study()
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    _optuna_history(study, tmp_path / "history.png")
+    assert (tmp_path / "history.png").read_bytes()[:4] == b"\x89PNG"
+    assert dict(matplotlib.rcParams) == before
+
+
+def test_metric_plot_highlights_the_given_best_trial():
+    history = pd.DataFrame({"epoch": [1, 2], "macro_f1": [0.1, 0.2]})
+    figure = metric_vs_epoch({"a": history, "b": history * 2}, "macro_f1", best_trial_id="a")
+    labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert labels == ["a (best)", "b"]

@@ -46,16 +46,17 @@ def tables_from_results(results, metric: str = "macro_f1", mode: str = "max"
 
 def log_search_artifacts(client, parent_run_id: str, trials: pd.DataFrame,
                          histories: dict[str, pd.DataFrame], study=None, metric: str = "macro_f1",
-                         mode: str = "max") -> list[str]:
+                         mode: str = "max", best_trial_id: str | None = None) -> list[str]:
     """trials.csv, plots/metric_vs_epoch.png and (with an Optuna study)
     plots/optimization_history.png and plots/param_importances.png on the parent run.
     A plot that cannot be drawn (e.g. importances with < 2 finished trials) is listed in
-    plots/skipped.txt instead. Returns the artifact paths logged."""
+    plots/skipped.txt instead. best_trial_id: the search's best (highlighted; default: the
+    best value at any epoch). Returns the artifact paths logged."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "plots").mkdir()
         trials.to_csv(root / "trials.csv", index=False)
-        _save(metric_vs_epoch(histories, metric, mode), root / "plots" / "metric_vs_epoch.png")
+        _save(metric_vs_epoch(histories, metric, mode, best_trial_id), root / "plots" / "metric_vs_epoch.png")
         skipped = []
         if study is not None:
             for name, plot in (("optimization_history", _optuna_history),
@@ -97,13 +98,14 @@ def log_confusion_matrix(client, run_id: str, matrix, class_names: list[str] | N
 
 
 # ---------------------------------------------------------------------- figures
-def metric_vs_epoch(histories: dict[str, pd.DataFrame], metric: str, mode: str = "max") -> Figure:
+def metric_vs_epoch(histories: dict[str, pd.DataFrame], metric: str, mode: str = "max",
+                    best_trial_id: str | None = None) -> Figure:
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.subplots()
     curves = {tid: h for tid, h in histories.items() if metric in h and STEP in h}
     if curves:
         best_of = (lambda h: h[metric].max()) if mode == "max" else (lambda h: -h[metric].min())
-        best = max(curves, key=lambda tid: best_of(curves[tid]))
+        best = best_trial_id if best_trial_id in curves else max(curves, key=lambda t: best_of(curves[t]))
         for trial_id, history in curves.items():
             ax.plot(history[STEP], history[metric], marker=".", alpha=0.9 if trial_id == best else 0.5,
                     linewidth=2.5 if trial_id == best else 1.0,
@@ -167,13 +169,14 @@ def _optuna_plot(plot, study, path: Path) -> None:
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with warnings.catch_warnings():
+    # rc_context: Optuna switches pyplot to the ggplot style; keep that out of our own figures.
+    with warnings.catch_warnings(), plt.rc_context():
         warnings.simplefilter("ignore")  # ExperimentalWarning
         ax = plot(study)
-    fig = ax.figure if hasattr(ax, "figure") else np.ravel(ax)[0].figure
-    fig.set_size_inches(8, 5)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+        fig = ax.figure if hasattr(ax, "figure") else np.ravel(ax)[0].figure
+        fig.set_size_inches(8, 5)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
 
 
 def _save(fig: Figure, path: Path) -> None:

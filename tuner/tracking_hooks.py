@@ -83,9 +83,9 @@ class MlflowSearchHooks(SearchHooks):
         settings = context.settings
         trials, histories = tables_from_results(context.results, settings.metric, settings.mode)
         study = getattr(context.searcher, "study", None) or getattr(context.searcher, "_ot_study", None)
-        log_search_artifacts(self.client, self.parent, trials, histories, study,
-                             metric=settings.metric, mode=settings.mode)
         best = (context.summary or {}).get("best_trial_id")
+        log_search_artifacts(self.client, self.parent, trials, histories, study,
+                             metric=settings.metric, mode=settings.mode, best_trial_id=best)
         run_id = self.callback.run_id(best) if best else None
         if run_id and best in histories:
             log_best_trial_artifacts(self.client, run_id, histories[best], confusion=None)
