@@ -29,7 +29,6 @@ from tuner.tracking_ui import experiment_id_by_name
 
 EPOCHS = 4
 QUALITY = {"good": 1.0, "weak": 0.1, "diverge": 2.0, "flaky": 1.0}
-REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -47,8 +46,8 @@ def ui_process(tmp_path_factory):
     code = "import sys; from tuner.tracking import ui_main; sys.exit(ui_main(sys.argv[1:]))"
     with open(root / "server.log", "wb") as log:
         ui = subprocess.Popen([sys.executable, "-c", code, "--port", str(port), "--mlflow-uri", uri],
-                              cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True)
-    yield {"process": ui, "port": port, "log": root / "server.log"}
+                              cwd=root, stdout=subprocess.PIPE, stderr=log, text=True)
+    yield {"process": ui, "port": port, "log": root / "server.log", "root": root}
     ui.send_signal(signal.SIGINT)  # Ctrl-C: ui_main stops the server and its helpers
     ui.wait(timeout=30)
     with socket.socket() as probe:
@@ -129,6 +128,7 @@ def search(ray_session, server, tmp_path_factory):
     runs = {run.data.params["search.case"]: run for run in children}
     return dict(client=client, experiment_id=experiment_id, parent=parent, results=results,
                 by_case=by_case, runs=runs, children=children, callback=callback, base=base,
+                server_root=server["root"],
                 experiment_dir=storage / "toysearch")
 
 
@@ -187,6 +187,10 @@ def test_child_params_are_the_resolved_config(search):
     assert params["search.case"] == "good"
 
 
+def search_root_files(search):
+    return list((search["server_root"] / "mlartifacts").rglob("*"))
+
+
 def test_search_and_best_trial_artifacts(search, tmp_path):
     client, parent = search["client"], search["parent"]
     trials, histories = tables_from_results(search["results"], "macro_f1", "max")
@@ -198,6 +202,8 @@ def test_search_and_best_trial_artifacts(search, tmp_path):
                            "plots/param_importances.png"}
     listed = {a.path for a in client.list_artifacts(parent, "plots")}
     assert "plots/metric_vs_epoch.png" in listed
+    stored = search_root_files(search)
+    assert any(p.name == "trials.csv" for p in stored)  # next to the database, not in the cwd
     local = Path(client.download_artifacts(parent, "plots/optimization_history.png", str(tmp_path)))
     assert local.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

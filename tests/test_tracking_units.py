@@ -167,3 +167,25 @@ def test_metric_plot_highlights_the_given_best_trial():
     figure = metric_vs_epoch({"a": history, "b": history * 2}, "macro_f1", best_trial_id="a")
     labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
     assert labels == ["a (best)", "b"]
+
+
+def test_sqlite_store_without_a_server(tmp_path, monkeypatch):
+    """The default path: the driver logs straight into sqlite:///<cwd>/mlflow.db; artifacts go
+    next to the database (not into whatever directory the search ran from)."""
+    from tuner.tracking_artifacts import log_search_artifacts
+
+    monkeypatch.chdir(tmp_path)
+    uri = tracking.resolve_tracking_uri(None)
+    tracking.preflight(uri)
+    client = tracking.client_for(uri)
+    experiment_id = tracking.ensure_experiment(client, "croptune")
+    experiment = client.get_experiment(experiment_id)
+    assert experiment.artifact_location == (tmp_path / "mlartifacts" / "croptune").as_uri()
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    parent = tracking.start_parent_run(client, experiment_id, "s1", params={"space": "optim"})
+    history = pd.DataFrame({"epoch": [1, 2], "macro_f1": [0.1, 0.2]})
+    log_search_artifacts(client, parent, pd.DataFrame({"trial_id": ["a"]}), {"a": history})
+    tracking.finish_parent_run(client, parent)
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert sorted(p.name for p in (tmp_path / "mlartifacts").rglob("*.*")) == ["metric_vs_epoch.png", "trials.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlartifacts", "mlflow.db"]

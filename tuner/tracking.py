@@ -154,14 +154,29 @@ def client_for(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def ensure_experiment(client, name: str) -> str:
-    """The id of experiment `name`, created (tagged for the model-training UI) when missing."""
+def artifact_root(uri: str) -> Path | None:
+    """Where artifacts of an SQLite store live: `mlartifacts/` next to the database (also what
+    `run_search.py ui` serves), not MLflow's default of ./mlruns in whatever the cwd was."""
+    path = sqlite_path(uri)
+    return path.parent / "mlartifacts" if path else None
+
+
+def ensure_experiment(client, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment `name`, created (tagged for the model-training UI) when missing.
+
+    artifact_location: for a new experiment; by default, for an SQLite store,
+    <db dir>/mlartifacts/<name> (the server's default otherwise).
+    """
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
+        root = artifact_root(getattr(client, "tracking_uri", "") or "")
+        if artifact_location is None and root is not None:
+            artifact_location = (root / _slug(name)).as_uri()
         try:
-            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            return client.create_experiment(name, artifact_location=artifact_location,
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException as exc:  # created concurrently by another driver
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
@@ -172,6 +187,10 @@ def ensure_experiment(client, name: str) -> str:
     if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "experiment"
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:

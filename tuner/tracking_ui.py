@@ -22,6 +22,7 @@ from trainable.errors import UserError
 from tuner.tracking import (
     DEFAULT_PORT,
     _request,
+    artifact_root,
     preflight,
     resolve_tracking_uri,
     runs_url,
@@ -86,6 +87,8 @@ def start_server(uri: str, host: str, port: int, log_path: str | None = None,
     """`mlflow server --backend-store-uri URI --host H --port P` in its own process group."""
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
                "--host", host, "--port", str(port), "--workers", str(workers)]
+    if artifact_root(uri) is not None:  # not ./mlartifacts in whatever directory `ui` ran from
+        command += ["--artifacts-destination", str(artifact_root(uri))]
     output = open(log_path, "ab") if log_path else None  # noqa: SIM115 (owned by the child)
     try:
         # Own session: stop_server() ends mlflow's helper processes (job consumers) as well.
