@@ -9,7 +9,6 @@
 
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -22,9 +21,11 @@ import pytest
 import ray
 
 import run_search
+import search_spaces
+from trainable.config import TrainConfig
 from trainable.demo_data import layout_paths, write_synthetic_dataset
 from trainable.tune_entry import FAULT_DIR_ENV
-from tuner.experiment import BASE_CONFIG_FILE, META_FILE, SUMMARY_FILE
+from tuner.experiment import BASE_CONFIG_FILE, META_FILE, SUMMARY_FILE, load_study
 from tuner.summary import SUMMARY_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,6 +108,13 @@ def test_search_writes_a_restorable_experiment_and_retries_a_crashed_trial(env, 
     assert summary["metric"] == "macro_f1" and summary["mode"] == "max" and summary["space"] == "stage_epochs"
     assert summary["storage_path"] == str(env["storage"]) and summary["experiment"] == "e2e"
     assert summary["wall_time_s"] > 0
+
+    # Optuna's view agrees: the seed recipe went first, stopped-early trials are PRUNED
+    study = load_study(exp)
+    assert study.trials[0].params == search_spaces.seed_defaults(TrainConfig.from_dict(base), "stage_epochs")
+    states = [t.state.name for t in study.trials]
+    assert states.count("PRUNED") == summary["num_stopped_early"]
+    assert states.count("COMPLETE") == 3 - summary["num_stopped_early"]
 
     # the trial that crashed at epoch 2 was restarted from its epoch-1 checkpoint: epoch 1 ran once
     crashed = (env["faults"] / "raised").read_text().strip()
@@ -191,11 +199,7 @@ def test_interrupted_search_resumes_and_completes(env, capsys):
     trial_dir = next(p for p in exp.iterdir() if p.is_dir() and paused in p.name)
     assert pd.read_csv(trial_dir / "progress.csv")["epoch"].tolist() == [1, 2]
     # the Optuna study survived the interruption: both trials in one history, both finished
-    # one searcher state per driver session, named by its start time (mtimes are not: Tune
-    # copies every file of the experiment again at the end)
-    state_file = max(exp.glob("searcher-state-*.pkl"), key=lambda p: p.name)
-    with open(state_file, "rb") as handle:
-        study = pickle.load(handle)["_ot_study"]
+    study = load_study(exp)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     meta = json.loads((exp / META_FILE).read_text())
     assert [s["outcome"] for s in meta["sessions"]] == ["interrupted", "finished"]

@@ -123,3 +123,19 @@ def resolved_config(meta: dict, overrides: dict) -> TrainConfig:
 def read_summary(storage_path: str, name: str) -> dict | None:
     path = experiment_dir(storage_path, name) / SUMMARY_FILE
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_study(experiment_path: str | Path):
+    """The search's Optuna study as Tune last saved it (trials PRUNED / COMPLETE / FAIL).
+
+    Read from the newest `searcher-state-<session start>.pkl` (one per driver session); like
+    Tuner.restore this unpickles, so only read experiments you trust. None if absent.
+    """
+    import pickle
+
+    states = sorted(Path(experiment_path).glob("searcher-state-*.pkl"), key=lambda p: p.name)
+    if not states:
+        return None
+    with open(states[-1], "rb") as handle:
+        return pickle.load(handle).get("_ot_study")
+

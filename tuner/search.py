@@ -59,7 +59,11 @@ def run_search(settings, hooks=None) -> int:
         print(context.resources.describe(), flush=True)
         tuner = build_tuner(settings, data, context, hooks)
         with _sigterm_as_sigint():
-            results = tuner.fit()
+            try:
+                results = tuner.fit()
+            except KeyboardInterrupt:  # a second Ctrl-C while Tune was saving its state
+                outcome = "interrupted"
+                raise
         context.results = results
         records = trial_records(_trials(results, context.experiment_path), settings.base, settings.metric)
         outcome = "interrupted" if _interrupted(settings, records, started) else "finished"
