@@ -124,3 +124,35 @@ def test_summary_counts_and_picks_the_best_completed_trial(tmp_path):
     assert "2 completed, 1 stopped early, 2 failed (1 diverged)" in report
     assert "Best trial c: macro_f1 = 0.4000" in report and "lr=0.002" in report
     assert "diverged: loss NaN" in report and "CUDA out of memory" in report
+
+
+def toy_space(trial, base):
+    return {"lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True)}
+
+
+toy_space.seed_defaults = lambda base: {"lr": base.lr}
+
+
+def broken_space(trial, base):
+    return {"stage2_epoch": base.epochs + trial.suggest_int("extra", 1, 3)}
+
+
+def test_spaces_are_checked_before_ray_including_python_ones():
+    from tuner.prepare import check_space, resolve_space, seed_point
+    from tuner.searcher import BoundSpace
+
+    base = TrainConfig()
+    check_space("stage_epochs", base)
+    check_space(f"{__name__}:toy_space", base)
+    assert seed_point(f"{__name__}:toy_space", base) == {"lr": base.lr}
+    assert resolve_space(f"{__name__}:toy_space") is toy_space
+    bound = BoundSpace(f"{__name__}:toy_space", base)
+    import optuna
+
+    assert set(bound(optuna.create_study().ask())) == {"lr"}
+    with pytest.raises(UserError, match="a sampled configuration is invalid.*--stage2-epoch"):
+        check_space(f"{__name__}:broken_space", base)
+    with pytest.raises(UserError, match="cannot import"):
+        check_space(f"{__name__}:missing", base)
+    with pytest.raises(UserError, match="unknown search space"):
+        check_space("nope", base)

@@ -115,9 +115,9 @@ class BoundSpace:
 
     def __call__(self, trial):
         if self._fn is None:
-            import search_spaces
+            from tuner.prepare import resolve_space  # a name, a YAML path or "module:function"
 
-            self._fn = search_spaces.get(self.space)
+            self._fn = resolve_space(self.space)
         return self._fn(trial, self.base)
 
     def __getstate__(self) -> dict:
