@@ -9,6 +9,7 @@ deterministic: `good` runs all epochs, `weak` is stopped by ASHA at the first ru
 from __future__ import annotations
 
 import json
+import pickle
 import signal
 import socket
 import subprocess
@@ -111,7 +112,7 @@ def search(ray_session, server, tmp_path_factory):
     parent = tracking.start_parent_run(client, experiment_id, "toysearch",
                                        params={"space": "toy", "metric": "macro_f1", "num_samples": 4,
                                                "base_config": base.to_dict()})
-    callback = tracking.MlflowTrialCallback(server["url"], experiment_id, parent, base.to_dict())
+    callback = tracking.MlflowTrialCallback(server["url"], experiment_id, parent, base.to_dict(), strict=True)
     tuner = tune.Tuner(
         toy_trainable,
         param_space={"case": tune.grid_search(list(QUALITY)), "dropout": 0.1, "marker_dir": str(markers)},
@@ -238,7 +239,8 @@ class FakeTrial:
 def test_resume_after_driver_restart_continues_the_same_run(search):
     client, experiment_id, parent = search["client"], search["experiment_id"], search["parent"]
     base = {**search["base"].to_dict(), "epochs": 3}
-    first = tracking.MlflowTrialCallback(search["callback"].tracking_uri, experiment_id, parent, base)
+    first = tracking.MlflowTrialCallback(search["callback"].tracking_uri, experiment_id, parent, base,
+                                         strict=True)
     trial = FakeTrial("resume_00000", {"lr": 0.01})
     first.on_trial_start(0, [trial], trial)
     for epoch in (1, 2):
@@ -249,7 +251,10 @@ def test_resume_after_driver_restart_continues_the_same_run(search):
     assert client.get_run(run_id).info.status == "KILLED"
     assert client.get_run(run_id).data.tags["interrupted"] == "true"
 
-    second = tracking.MlflowTrialCallback(first.tracking_uri, experiment_id, parent, base)  # fresh driver
+    # A fresh driver: nothing in memory, or Tune's saved callback state (set_state) at most.
+    second = pickle.loads(pickle.dumps(tracking.MlflowTrialCallback(first.tracking_uri, experiment_id,
+                                                                    parent, base, strict=True)))
+    second.set_state(first.get_state())
     second.on_trial_start(0, [trial], trial)
     assert second.run_id("resume_00000") == run_id
     run = client.get_run(run_id)

@@ -189,3 +189,28 @@ def test_sqlite_store_without_a_server(tmp_path, monkeypatch):
     assert client.get_run(parent).info.status == "FINISHED"
     assert sorted(p.name for p in (tmp_path / "mlartifacts").rglob("*.*")) == ["metric_vs_epoch.png", "trials.csv"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlartifacts", "mlflow.db"]
+
+
+def test_a_tracking_failure_warns_once_and_does_not_stop_the_search(capsys):
+    import pickle
+    from types import SimpleNamespace
+
+    from tuner.tracking_callback import MlflowTrialCallback
+
+    class Broken:
+        def __getattr__(self, name):
+            def fail(*args, **kwargs):
+                raise ConnectionError("tracking server went away")
+            return fail
+
+    callback = MlflowTrialCallback("http://127.0.0.1:9", "1", "parent")
+    callback._client = Broken()
+    trial = SimpleNamespace(trial_id="t1", config={}, last_result={"epoch": 1}, num_failures=0, status="RUNNING")
+    callback.on_trial_start(0, [trial], trial)
+    callback.on_trial_result(0, [trial], trial, {"epoch": 1, "macro_f1": 0.1})
+    err = capsys.readouterr().err
+    assert err.count("warning: MLflow logging failed") == 1 and "tracking server went away" in err
+    assert pickle.loads(pickle.dumps(callback))._client is None  # Tune pickles RunConfig's callbacks
+    callback.strict = True
+    with pytest.raises(ConnectionError):
+        callback.on_trial_start(0, [trial], trial)

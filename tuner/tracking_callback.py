@@ -12,8 +12,10 @@ tag under the parent run. End states:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+import sys
 import time
 from numbers import Number
 from pathlib import Path
@@ -33,6 +35,27 @@ RAY_KEYS = frozenset({
 })
 
 
+def _never_fatal(hook):
+    """A tracking failure (server down, disk full) warns once per kind and the search goes on:
+    hours of training are worth more than a complete MLflow record. strict=True re-raises."""
+
+    @functools.wraps(hook)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return hook(self, *args, **kwargs)
+        except Exception as exc:
+            if self.strict:
+                raise
+            kind = type(exc).__name__
+            if kind not in self._warned:
+                self._warned.add(kind)
+                print(f"warning: MLflow logging failed in {hook.__name__} ({kind}: "
+                      f"{_last_line(str(exc))[:200]}); the search goes on", file=sys.stderr, flush=True)
+        return None
+
+    return wrapper
+
+
 class MlflowTrialCallback(Callback):
     """Log every trial of a Tune run as a child of `parent_run_id`.
 
@@ -43,17 +66,19 @@ class MlflowTrialCallback(Callback):
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str,
-                 base_config: dict | None = None, step_key: str = "epoch"):
+                 base_config: dict | None = None, step_key: str = "epoch", strict: bool = False):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.base_config = dict(base_config) if base_config else None
         self.step_key = step_key
+        self.strict = strict
         self._client = None
         self._runs: dict[str, str] = {}        # trial_id -> run_id
         self._last_step: dict[str, int] = {}   # trial_id -> last logged step
         self._stop_requested: set[str] = set()  # trial ids whose last result carried done=True
-        self._closed: set[str] = set()
+        self._active: set[str] = set()          # trial ids whose run this driver has (re)opened
+        self._warned: set[str] = set()
 
     # Tune pickles RunConfig (callbacks included) into the experiment; a client is not state.
     def __getstate__(self):
@@ -72,12 +97,15 @@ class MlflowTrialCallback(Callback):
         return self._runs.get(trial_id) or self._find_run(trial_id)
 
     # ----------------------------------------------------------------- Tune hooks
+    @_never_fatal
     def on_trial_start(self, iteration, trials, trial, **info):
         self._open(trial)
 
+    @_never_fatal
     def on_trial_restore(self, iteration, trials, trial, **info):
         self._open(trial)
 
+    @_never_fatal
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._open(trial)
         step = int(result.get(self.step_key, result.get("training_iteration", 0)))
@@ -95,16 +123,19 @@ class MlflowTrialCallback(Callback):
             for start in range(0, len(batch), 1000):
                 self.client.log_batch(run_id, metrics=batch[start:start + 1000])
 
+    @_never_fatal
     def on_trial_recover(self, iteration, trials, trial, **info):
         run_id = self._open(trial)
         self.client.set_tag(run_id, "num_failures", str(trial.num_failures))
 
+    @_never_fatal
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._open(trial)
         early = self._stopped_early(trial)
         self.client.set_tag(run_id, "stopped_early", str(early).lower())
         self._close(trial, "KILLED" if early else "FINISHED")
 
+    @_never_fatal
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self._open(trial)
         error, diverged = _error_info(trial)
@@ -114,10 +145,11 @@ class MlflowTrialCallback(Callback):
         self.client.set_tag(run_id, "num_failures", str(trial.num_failures))
         self._close(trial, "FAILED")
 
+    @_never_fatal
     def on_experiment_end(self, trials, **info):
         # Trials still open here were stopped with the search (Ctrl-C, time budget, driver error).
         for trial in trials:
-            if trial.trial_id in self._runs and trial.trial_id not in self._closed:
+            if trial.trial_id in self._active:
                 self.client.set_tag(self._runs[trial.trial_id], "interrupted", "true")
                 self._close(trial, "FAILED" if trial.status == "ERROR" else "KILLED")
 
@@ -131,7 +163,7 @@ class MlflowTrialCallback(Callback):
     # ----------------------------------------------------------------- runs
     def _open(self, trial) -> str:
         trial_id = trial.trial_id
-        if trial_id in self._runs and trial_id not in self._closed:
+        if trial_id in self._active:
             return self._runs[trial_id]
         run_id = self._runs.get(trial_id) or self._find_run(trial_id)
         if run_id is None:
@@ -142,10 +174,10 @@ class MlflowTrialCallback(Callback):
                 self.client.update_run(run_id, status="RUNNING")
             if "interrupted" in run.data.tags:
                 self.client.delete_tag(run_id, "interrupted")
-            if trial_id not in self._last_step:
-                self._last_step[trial_id] = _last_logged_step(self.client, run)
+            logged = _last_logged_step(self.client, run)
+            self._last_step[trial_id] = max(self._last_step.get(trial_id, -1), logged)
         self._runs[trial_id] = run_id
-        self._closed.discard(trial_id)
+        self._active.add(trial_id)
         return run_id
 
     def _find_run(self, trial_id: str) -> str | None:
@@ -190,7 +222,7 @@ class MlflowTrialCallback(Callback):
 
     def _close(self, trial, status: str) -> None:
         self.client.set_terminated(self._runs[trial.trial_id], status=status)
-        self._closed.add(trial.trial_id)
+        self._active.discard(trial.trial_id)
 
 
 def _flatten(values: dict, prefix: str = "") -> dict:
