@@ -34,6 +34,13 @@ def check_writable(directory: Path) -> None:
         raise UserError(f"--save-dir {directory}: {probe} is not a writable directory; choose another --save-dir")
 
 
+def check_model(cfg) -> None:
+    """Build the model once on the CPU so an unknown backbone or missing weights fail before any write."""
+    from trainable.models import build_model
+
+    build_model(cfg)
+
+
 def write_config(cfg, path: Path) -> None:
     import yaml
 
@@ -64,6 +71,7 @@ def prepare(argv: list[str] | None):
         raise UserError(f"--resume {ns.resume}: the checkpoint already finished epoch {state['epoch']} of "
                         f"--epochs {cfg.epochs}; raise --epochs to train further")
     check_writable(Path(cfg.save_dir))
+    check_model(cfg)
     note = scaled_note(cfg)
     if note:
         print(note)
