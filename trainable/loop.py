@@ -27,7 +27,7 @@ from trainable.losses import tail_classes
 from trainable.metrics import classification_metrics
 from trainable.models import build_model
 from trainable.objective import BatchTargets, Objective
-from trainable.optim import build_optimizer, build_scheduler, reported_lr, set_epoch_lr
+from trainable.optim import build_optimizer, build_scheduler, set_epoch_lr
 from trainable.sampler import epoch_order
 from trainable.schedule import EpochPlan, plan
 
