@@ -237,8 +237,9 @@ def start_parent_run(client, experiment_id: str, search_name: str, params: dict 
             client.update_run(run.info.run_id, status="RUNNING")
             client.set_tag(run.info.run_id, "resumed", "true")
             return run.info.run_id
-    all_tags = {SEARCH_TAG: search_name, ROLE_TAG: "search", **(tags or {})}
-    commit = git_commit()
+    all_tags = {SEARCH_TAG: search_name, ROLE_TAG: "search", "mlflow.source.name": "run_search.py",
+                "mlflow.source.type": "LOCAL", **(tags or {})}
+    commit = git_commit(Path(__file__).resolve().parents[1])  # croptune's code, not the cwd
     if commit and "mlflow.source.git.commit" not in all_tags:
         all_tags["mlflow.source.git.commit"] = commit
     run = client.create_run(experiment_id, run_name=search_name, tags=all_tags)

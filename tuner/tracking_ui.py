@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     url_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
     base_url = f"http://{url_host}:{args.port}"
     process = start_server(uri, args.host, args.port)
+    _exit_on_termination()  # kill / closed terminal: still stop the server (it has its own session)
     try:
         wait_until_up(base_url, process, args.start_timeout)
         experiment_id = experiment_id_by_name(base_url, args.mlflow_experiment)
@@ -71,6 +72,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         stop_server(process)
+
+
+def _exit_on_termination() -> None:
+    def leave(signum, frame):
+        raise SystemExit(128 + signum)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            try:
+                signal.signal(getattr(signal, name), leave)
+            except ValueError:  # not the main thread: leave the defaults
+                pass
 
 
 def ensure_port_free(host: str, port: int) -> None:
