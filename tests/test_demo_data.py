@@ -78,7 +78,7 @@ def test_bad_sizes_are_user_errors(tmp_path, bad):
 def test_ensure_generates_once_and_reuses(croptune_cache, monkeypatch, capsys):
     monkeypatch.setattr(demo_data, "DEFAULTS", TINY)
     path = demo_data.ensure_demo_dataset(seed=1)
-    assert path == croptune_cache / "demo-v1-seed1"
+    assert path == croptune_cache / "demo-v2-seed1"
     assert str(path) in capsys.readouterr().out
     before = files_of(path)
     stamp = (path / "metadata" / "train_metadata.csv").stat().st_mtime_ns
@@ -91,7 +91,7 @@ def test_ensure_generates_once_and_reuses(croptune_cache, monkeypatch, capsys):
     assert str(path) in capsys.readouterr().out
     assert files_of(path) == before
     assert (path / "metadata" / "train_metadata.csv").stat().st_mtime_ns == stamp
-    assert [p.name for p in croptune_cache.iterdir()] == ["demo-v1-seed1"]  # no temp dirs left
+    assert [p.name for p in croptune_cache.iterdir()] == ["demo-v2-seed1"]  # no temp dirs left
 
 
 def test_interrupted_generation_is_never_reused(croptune_cache, monkeypatch):

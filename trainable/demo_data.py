@@ -30,7 +30,7 @@ from trainable.errors import UserError
 from trainable.image_cache import cache_root
 from trainable.metadata import class_counts, compute_class_weights, write_csv_atomic
 
-DEMO_VERSION = "v1"  # bump when the generator's output changes
+DEMO_VERSION = "v2"  # bump when the generator's output changes
 DEFAULTS = {"max_per_class": 120, "min_per_class": 5, "val_per_class": 10, "image_size": 72}
 _SPLIT_CODE = {"train": 0, "val": 1}
 POOL_MIN_IMAGES = 400  # draw in worker processes from this many images of a split

@@ -22,15 +22,15 @@ SUPERSAMPLE = 1
 # Base leaf colour (RGB 0..1) and outline name per crop, in taxonomy.CROPS order.
 CROP_LOOK = {
     "apple": ((0.30, 0.52, 0.20), "ovate"),
-    "cherry": ((0.24, 0.50, 0.22), "elliptic"),
-    "corn": ((0.38, 0.60, 0.22), "strap"),
-    "grape": ((0.32, 0.50, 0.16), "palmate"),
-    "citrus": ((0.14, 0.38, 0.12), "citrus"),
-    "peach": ((0.36, 0.55, 0.18), "lanceolate"),
-    "pepper": ((0.20, 0.50, 0.20), "heart"),
-    "potato": ((0.28, 0.46, 0.18), "pinnate"),
-    "strawberry": ((0.22, 0.45, 0.16), "trifoliate"),
-    "tomato": ((0.26, 0.48, 0.24), "compound"),
+    "cherry": ((0.18, 0.42, 0.28), "elliptic"),
+    "corn": ((0.46, 0.62, 0.20), "strap"),
+    "grape": ((0.36, 0.48, 0.14), "palmate"),
+    "citrus": ((0.10, 0.32, 0.10), "citrus"),
+    "peach": ((0.42, 0.58, 0.22), "lanceolate"),
+    "pepper": ((0.16, 0.54, 0.16), "heart"),
+    "potato": ((0.28, 0.44, 0.20), "pinnate"),
+    "strawberry": ((0.20, 0.38, 0.14), "trifoliate"),
+    "tomato": ((0.32, 0.46, 0.30), "compound"),
 }
 
 C = {  # paint colours
@@ -120,8 +120,8 @@ def _shape(outline: str, X, Y) -> tuple[np.ndarray, np.ndarray]:
                                               for px in (-0.45, 0.05) for s in (-1, 1)]
         return _leaflets(X, Y, specs)
     if outline == "compound":  # tomato: lobed leaflets
-        specs = [(0.62, 0, 0, 0.36, 0.20)] + [(px, s * 0.30, s * 1.2, 0.26, 0.13)
-                                              for px in (-0.6, -0.15, 0.25) for s in (-1, 1)]
+        specs = [(0.58, 0, 0, 0.40, 0.24)] + [(px, s * 0.32, s * 1.2, 0.32, 0.17)
+                                              for px in (-0.45, 0.1) for s in (-1, 1)]
         return _leaflets(X, Y, specs, wave=0.08)
     raise ValueError(outline)
 
@@ -204,17 +204,17 @@ def _n(low: float, high: float, s: float) -> int:
     return int(round(low + (high - low) * s))
 
 
-# disease -> painter(leaf, s); s in (0, 1] is the severity level (general ~0.1-0.45, serious ~0.55-1)
+# disease -> painter(leaf, s); s in (0, 1] is the severity level (general 0.05-0.35, serious 0.65-1)
 DISEASES = {
     ("apple", "scab"): lambda lf, s: blotches(lf, 0.05 + 0.3 * s, (0.26, 0.27, 0.10), freq=16, soft=0.06),
     ("apple", "frogeye spot"): lambda lf, s: spots(lf, _n(3, 10, s), 0.07, C["tan"], rim=C["purple"]),
     ("apple", "cedar rust"): lambda lf, s: spots(lf, _n(3, 14, s), 0.05 + 0.03 * s, C["orange"],
                                                  rim=C["red"], core=C["dark"]),
     ("cherry", "powdery mildew"): lambda lf, s: blotches(lf, 0.08 + 0.5 * s, C["white"], soft=0.25, opacity=0.7),
-    ("corn", "cercospora leaf spot"): lambda lf, s: spots(lf, _n(4, 22, s), 0.035, C["gray"], stretch=4,
+    ("corn", "cercospora leaf spot"): lambda lf, s: spots(lf, _n(3, 14, s), 0.045, C["gray"], stretch=4,
                                                           rim=C["brown"], ragged=0.05),
-    ("corn", "puccinia polysora"): lambda lf, s: spots(lf, _n(15, 110, s), 0.018, C["orange"], ragged=0.3),
-    ("corn", "curvularia leaf spot"): lambda lf, s: spots(lf, _n(5, 28, s), 0.03, C["tan"], halo=C["yellow"]),
+    ("corn", "puccinia polysora"): lambda lf, s: spots(lf, _n(10, 50, s), 0.035, C["orange"], ragged=0.3),
+    ("corn", "curvularia leaf spot"): lambda lf, s: spots(lf, _n(4, 18, s), 0.045, C["tan"], halo=C["yellow"]),
     ("corn", "dwarf mosaic virus"): lambda lf, s: blotches(lf, 0.15 + 0.4 * s, C["pale"], freq=10, aniso=5,
                                                            opacity=0.8),
     ("grape", "black rot"): lambda lf, s: spots(lf, _n(3, 10, s), 0.06 + 0.04 * s, C["brown"], rim=C["black"],
@@ -224,25 +224,25 @@ DISEASES = {
                                              margin(lf, 0.05 + 0.25 * s, C["brown"])),
     ("citrus", "greening"): lambda lf, s: blotches(lf, 0.15 + 0.45 * s, C["yellow"], freq=8, side=0.5,
                                                    opacity=0.85),
-    ("peach", "bacterial spot"): lambda lf, s: spots(lf, _n(8, 40, s), 0.025, C["black"], halo=C["yellow"],
+    ("peach", "bacterial spot"): lambda lf, s: spots(lf, _n(6, 25, s), 0.04, C["black"], halo=C["yellow"],
                                                      ragged=0.35),
     ("pepper", "scab"): lambda lf, s: spots(lf, _n(4, 16, s), 0.045, C["tan"], rim=C["dark"], ragged=0.45),
     ("potato", "early blight"): lambda lf, s: spots(lf, _n(3, 11, s), 0.06 + 0.04 * s, C["brown"], rings=3,
                                                     halo=C["yellow"]),
     ("potato", "late blight"): lambda lf, s: margin(lf, 0.15 + 0.5 * s, (0.20, 0.22, 0.14), ragged=0.2),
-    ("strawberry", "scorch"): lambda lf, s: (spots(lf, _n(10, 45, s), 0.025, C["purple"]),
+    ("strawberry", "scorch"): lambda lf, s: (spots(lf, _n(6, 25, s), 0.045, C["purple"]),
                                              margin(lf, 0.35 * s, C["brown"])),
     ("tomato", "powdery mildew"): lambda lf, s: spots(lf, _n(4, 16, s), 0.08, C["white"], opacity=0.6,
                                                       ragged=0.4),
-    ("tomato", "bacterial spot"): lambda lf, s: spots(lf, _n(10, 45, s), 0.02, C["black"], ragged=0.3),
+    ("tomato", "bacterial spot"): lambda lf, s: spots(lf, _n(6, 28, s), 0.035, C["black"], ragged=0.3),
     ("tomato", "early blight"): lambda lf, s: spots(lf, _n(2, 8, s), 0.08 + 0.04 * s, C["brown"], rings=3,
                                                     halo=C["yellow"]),
     ("tomato", "late blight"): lambda lf, s: blotches(lf, 0.1 + 0.45 * s, (0.30, 0.28, 0.22), freq=7, soft=0.05),
     ("tomato", "leaf mold"): lambda lf, s: blotches(lf, 0.1 + 0.4 * s, (0.74, 0.72, 0.30), freq=11, soft=0.2),
     ("tomato", "target spot"): lambda lf, s: spots(lf, _n(2, 7, s), 0.09, C["tan"], rings=4, rim=C["dark"]),
-    ("tomato", "septoria leaf spot"): lambda lf, s: spots(lf, _n(10, 40, s), 0.03, C["gray"], rim=C["dark"]),
+    ("tomato", "septoria leaf spot"): lambda lf, s: spots(lf, _n(6, 24, s), 0.045, C["gray"], rim=C["dark"]),
     ("tomato", "spider mite"): lambda lf, s: (stipple(lf, 0.03 + 0.15 * s, C["yellow"]),
-                                              blotches(lf, 0.5 * s, C["bronze"], soft=0.3, opacity=0.5)),
+                                              blotches(lf, 0.15 + 0.5 * s, C["bronze"], soft=0.3, opacity=0.6)),
     ("tomato", "yellow leaf curl virus"): lambda lf, s: margin(lf, 0.2 + 0.45 * s, C["yellow"], opacity=0.85),
     ("tomato", "mosaic virus"): lambda lf, s: blotches(lf, 0.35, C["pale"], freq=9 + 8 * s, opacity=0.5 + 0.4 * s),
 }
@@ -254,7 +254,7 @@ def _severity_level(info: taxonomy.ClassInfo, rng: np.random.Generator) -> float
         return 0.0
     if info.id in taxonomy.NO_SEVERITY_CLASSES:
         return rng.uniform(0.1, 1.0)
-    return rng.uniform(0.08, 0.45) if info.severity == "general" else rng.uniform(0.55, 1.0)
+    return rng.uniform(0.05, 0.35) if info.severity == "general" else rng.uniform(0.65, 1.0)
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -284,8 +284,9 @@ def render(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
     if info.disease == "yellow leaf curl virus":  # curled: narrower, wavy blade
         Y = Y * (1.2 + 0.4 * rng.random()) + 0.05 * np.sin(12 * X)
     f, veins = _shape(outline, X, Y)
-    tint = np.asarray(colour, dtype=np.float32) * rng.uniform(0.8, 1.2, size=3)
-    if rng.random() < 0.25:  # older or sun-bleached leaves: yellower even when healthy
+    f = np.maximum(f, -1.0)  # continuous outside (the profiles jump to -1 past the tips)
+    tint = np.asarray(colour, dtype=np.float32) * rng.uniform(0.88, 1.12, size=3)
+    if rng.random() < 0.15:  # older or sun-bleached leaves: yellower even when healthy
         tint = tint * 0.7 + np.asarray(C["yellow"], dtype=np.float32) * 0.3
     shade = 0.85 + 0.3 * (X * rng.uniform(-0.5, 0.5) + 0.5 * f.clip(0, 1))
     rgb = (tint * shade[..., None]).astype(np.float32)
