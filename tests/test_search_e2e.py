@@ -20,12 +20,14 @@ import pandas as pd
 import pytest
 import ray
 
-import run_search
 import search_spaces
 from trainable.config import TrainConfig
 from trainable.demo_data import layout_paths, write_synthetic_dataset
 from trainable.tune_entry import FAULT_DIR_ENV
+from tuner.cli import parse_settings
 from tuner.experiment import BASE_CONFIG_FILE, META_FILE, SUMMARY_FILE, load_study
+from tuner.hooks import SearchHooks
+from tuner.search import run_search
 from tuner.summary import SUMMARY_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +42,29 @@ def tiny_flags(root: Path, storage: Path, name: str) -> list[str]:
                     "--progressive-image-size", "40", "--batch-size", "32", "--epochs", str(EPOCHS),
                     "--num-workers", "0", "--device", "cpu", "--storage-path", str(storage), "--name", name,
                     "--space", "stage_epochs", "--grace-period", "1", "--reduction-factor", "2"]
+
+
+class RecordingHook(SearchHooks):
+    """Records what tuner.hooks promises its hooks (what MLflow tracking builds on)."""
+
+    def __init__(self):
+        self.calls, self.context = [], None
+
+    def validate(self, settings):
+        self.calls.append("validate")
+
+    def callbacks(self, context):
+        self.calls.append("callbacks")
+        return []
+
+    def finished(self, context, outcome):
+        self.calls.append(outcome)
+        self.context = context
+
+
+def search(argv: list[str], hook: SearchHooks | None = None) -> int:
+    """run_search.py's search in this process; only our hook (MLflow is tested on its own)."""
+    return run_search(parse_settings(argv), hooks=[hook] if hook else [])
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +103,8 @@ print(json.dumps([{"trial_id": r.metrics.get("trial_id"), "epoch": r.metrics.get
 def test_search_writes_a_restorable_experiment_and_retries_a_crashed_trial(env, capsys):
     (env["faults"] / "fail_once_at_epoch").write_text(str(EPOCHS))
     try:
-        code = run_search.main(tiny_flags(env["root"], env["storage"], "e2e") + ["--num-samples", "3"])
+        hook = RecordingHook()
+        code = search(tiny_flags(env["root"], env["storage"], "e2e") + ["--num-samples", "3"], hook)
     finally:
         (env["faults"] / "fail_once_at_epoch").unlink()
     out = capsys.readouterr().out
@@ -109,8 +135,13 @@ def test_search_writes_a_restorable_experiment_and_retries_a_crashed_trial(env, 
     assert summary["storage_path"] == str(env["storage"]) and summary["experiment"] == "e2e"
     assert summary["wall_time_s"] > 0
 
+    assert hook.calls == ["validate", "callbacks", "finished"]
+    assert hook.context.summary == summary and len(hook.context.results) == 3
+    assert hook.context.data_info["num_train"] > 0 and hook.context.resources.max_concurrent == 2
+
     # Optuna's view agrees: the seed recipe went first, stopped-early trials are PRUNED
     study = load_study(exp)
+    assert len(hook.context.study.trials) == len(study.trials) == 3
     assert study.trials[0].params == search_spaces.seed_defaults(TrainConfig.from_dict(base), "stage_epochs")
     states = [t.state.name for t in study.trials]
     assert states.count("PRUNED") == summary["num_stopped_early"]
@@ -178,7 +209,7 @@ def test_interrupted_search_resumes_and_completes(env, capsys):
     killer = threading.Thread(target=ctrl_c_mid_trial, daemon=True)
     killer.start()
     try:
-        code = run_search.main(flags)
+        code = search(flags)
     finally:
         killer.join(timeout=300)
         signal.signal(signal.SIGINT, previous)
@@ -191,7 +222,10 @@ def test_interrupted_search_resumes_and_completes(env, capsys):
     (env["faults"] / "paused").unlink()
 
     capsys.readouterr()
-    assert run_search.main(["--resume", "resume", "--storage-path", str(storage)]) == 0
+    hook = RecordingHook()
+    assert search(["--resume", "resume", "--storage-path", str(storage)], hook) == 0
+    assert hook.calls == ["validate", "callbacks", "finished"]
+    assert len(hook.context.searcher.study.trials) == 2  # hooks see the study on resume too
     assert "Resuming" in capsys.readouterr().out
     summary = json.loads((exp / SUMMARY_FILE).read_text())
     assert summary["num_trials"] == 2 and summary["num_failed"] == 0

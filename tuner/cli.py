@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoints kept per trial: the K best plus the latest (default 2)")
     r.add_argument("--address", default=S, metavar="auto|ray://HOST:PORT|HOST:PORT",
                    help="run on an existing Ray cluster instead of starting a local one")
+    before = {action.dest for action in parser._actions}
     _add_plugin_arguments(parser)
+    parser.plugin_dests = {action.dest for action in parser._actions} - before
     # Show the search's own flags before the ~70 TrainConfig ones.
     groups = parser._action_groups
     config_group = next(g for g in groups if g.title and g.title.startswith("training configuration"))
@@ -150,10 +152,11 @@ def parse_settings(argv: list[str] | None) -> SearchSettings:
     Data, the space and the experiment directory are checked later (tuner.search.prepare),
     still before Ray starts.
     """
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    ns = parser.parse_args(argv)
     given = set(vars(ns))
     if "resume" in given:
-        return _resume_settings(ns, given)
+        return _resume_settings(ns, given - parser.plugin_dests)
     opts = {**DEFAULTS, **{k: v for k, v in vars(ns).items() if k in DEFAULTS}}
 
     from trainable.cli_config import resolve_config
@@ -183,7 +186,7 @@ def _resume_settings(ns: argparse.Namespace, given: set) -> SearchSettings:
     """--resume NAME: everything but resources and storage comes from the experiment."""
     from tuner.experiment import read_meta
 
-    ignored = sorted(k for k in given - RESUME_FLAGS - {"resume"} if not k.startswith("mlflow"))
+    ignored = sorted(given - RESUME_FLAGS - {"resume"})  # plugin flags (tracking) are allowed
     if ignored:
         flags = ", ".join("--" + k.replace("_", "-").replace("config-file", "config") for k in ignored)
         raise UserError(f"--resume continues a search with the settings it was started with; drop {flags}")

@@ -24,8 +24,10 @@ class SearchContext:
     base_config: object              # trainable.config.TrainConfig every trial starts from
     data_info: dict = field(default_factory=dict)   # fingerprint, root, class_counts, sizes
     resources: object = None         # tuner.resources.ResourcePlan
-    searcher: object = None          # tuner.searcher.PruningOptunaSearch (driver copy; .study)
+    searcher: object = None          # tuner.searcher.PruningOptunaSearch (driver copy; .study);
+    #                                  on --resume, a stand-in whose .study is `study` below
     results: object = None           # ray.tune.ResultGrid, once the search has run
+    study: object = None             # the optuna.Study as Tune saved it at the end (any mode, resume too)
     summary: dict | None = None      # the search_summary.json payload, when finished
 
 

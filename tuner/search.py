@@ -16,10 +16,11 @@ import os
 import signal
 import sys
 import time
+from types import SimpleNamespace
 
 from trainable.config import TrainConfig, field_names
 from trainable.errors import UserError
-from tuner.experiment import experiment_dir, record_session, write_json_atomic, write_meta
+from tuner.experiment import experiment_dir, load_study, record_session, write_json_atomic, write_meta
 from tuner.hooks import SearchContext, plugin_hooks
 from tuner.prepare import prepare_search, seed_point
 from tuner.summary import build_summary, format_report, trial_records
@@ -65,6 +66,7 @@ def run_search(settings, hooks=None) -> int:
                 outcome = "interrupted"
                 raise
         context.results = results
+        context.study = _final_study(context)
         records = trial_records(_trials(results, context.experiment_path), settings.base, settings.metric)
         outcome = "interrupted" if _interrupted(settings, records, started) else "finished"
     finally:
@@ -194,6 +196,16 @@ def _trials(results, experiment_path: str):
 
         analysis = ExperimentAnalysis(experiment_path)
     return analysis.trials
+
+
+def _final_study(context: SearchContext):
+    """The study as Tune saved it after the last trial (also right on --resume and ray://)."""
+    study = load_study(context.experiment_path)
+    if study is None and context.searcher is not None:
+        study = context.searcher.study
+    if context.searcher is None and study is not None:  # --resume: hooks look for searcher.study
+        context.searcher = SimpleNamespace(study=study)
+    return study
 
 
 def _interrupted(settings, records, started: float) -> bool:
