@@ -156,3 +156,17 @@ def test_spaces_are_checked_before_ray_including_python_ones():
         check_space(f"{__name__}:missing", base)
     with pytest.raises(UserError, match="unknown search space"):
         check_space("nope", base)
+
+
+def test_local_gpu_requests_are_checked_before_ray(monkeypatch):
+    import torch
+
+    from tuner.prepare import check_local_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("trainable.devices.mps_available", lambda: False)
+    check_local_devices(parse_settings([]))  # nothing asked, nothing checked
+    with pytest.raises(UserError, match="--gpus-per-trial 0.5: this machine has no GPU"):
+        check_local_devices(parse_settings(["--gpus-per-trial", "0.5"]))
+    with pytest.raises(UserError, match="--device cuda"):
+        check_local_devices(parse_settings(["--device", "cuda"]))

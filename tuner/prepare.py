@@ -100,5 +100,23 @@ def prepare_search(settings, hooks) -> None:
     check_dataset(settings.base)
     if not settings.resume:
         check_space(settings.space, settings.base, seed=settings.seed)
+    if settings.address is None:
+        check_local_devices(settings)
     for hook in hooks:
         hook.validate(settings)
+
+
+def check_local_devices(settings) -> None:
+    """An explicit GPU request on this machine that it cannot meet (imports torch only then)."""
+    device, gpus = settings.base.device, settings.gpus_per_trial
+    if device not in ("cuda", "mps") and not gpus:
+        return
+    from trainable.devices import mps_available, select_device
+
+    if device in ("cuda", "mps"):
+        select_device(device)  # UserError naming the flag when it is not there
+    import torch
+
+    if gpus and device != "cpu" and not torch.cuda.is_available() and not mps_available():
+        raise UserError(f"--gpus-per-trial {gpus:g}: this machine has no GPU; drop the flag, or use "
+                        f"--address to run on a cluster with GPUs")
