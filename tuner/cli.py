@@ -41,7 +41,8 @@ DEFAULTS = {
 }
 # Flags that still mean something when continuing a search with --resume (the rest is
 # restored with the experiment: space, metric, scheduler, searcher, base config).
-RESUME_FLAGS = {"storage_path", "address", "cpus_per_trial", "gpus_per_trial", "max_concurrent"}
+# (--max-concurrent is not one: Tune restores its TuneConfig, concurrency included, from the experiment.)
+RESUME_FLAGS = {"storage_path", "address", "cpus_per_trial", "gpus_per_trial"}
 SUBCOMMANDS = {
     "ui": "start the MLflow UI for the tracking store (see `run_search.py ui --help`)",
     "export": "write the best trial's complete TrainConfig to a YAML file",
@@ -149,7 +150,7 @@ def _add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
 def parse_settings(argv: list[str] | None) -> SearchSettings:
     """Parse and resolve the command line into SearchSettings; UserError on bad values.
 
-    Data, the space and the experiment directory are checked later (tuner.search.prepare),
+    Data, the space and the experiment directory are checked later (tuner.prepare),
     still before Ray starts.
     """
     parser = build_parser()
@@ -197,7 +198,7 @@ def _resume_settings(ns: argparse.Namespace, given: set) -> SearchSettings:
         grace_period=meta["grace_period"], reduction_factor=meta["reduction_factor"], storage_path=storage,
         name=ns.resume, max_failures=meta["max_failures"], keep_checkpoints=meta["keep_checkpoints"],
         seed=meta["seed"], base=TrainConfig.from_dict(meta["base_config"], source="experiment base config"),
-        max_concurrent=getattr(ns, "max_concurrent", meta.get("max_concurrent")),
+        max_concurrent=meta.get("resources", {}).get("max_concurrent", meta.get("max_concurrent")),
         time_budget_s=meta.get("time_budget_s"),
         cpus_per_trial=getattr(ns, "cpus_per_trial", meta.get("cpus_per_trial")),
         gpus_per_trial=getattr(ns, "gpus_per_trial", meta.get("gpus_per_trial")),

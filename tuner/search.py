@@ -174,7 +174,10 @@ def build_tuner(settings, data, context: SearchContext, hooks):
         checkpoint_config=tune.CheckpointConfig(num_to_keep=settings.keep_checkpoints,
                                                 checkpoint_score_attribute=settings.metric,
                                                 checkpoint_score_order=settings.mode))
-    write_meta(settings, extra={"data": context.data_info})
+    plan = context.resources
+    write_meta(settings, extra={"data": context.data_info,
+                                "resources": {"per_trial": plan.per_trial, "max_concurrent": plan.max_concurrent,
+                                              "accelerator": plan.accelerator}})
     return tune.Tuner(trainable, param_space={}, tune_config=tune_config, run_config=run_config)
 
 
