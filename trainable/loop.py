@@ -59,7 +59,8 @@ class _Run:
         self.tails = tail_classes(data.class_counts, cfg.tail_fraction)
         tail_lookup = torch.zeros(len(data.class_counts), dtype=torch.bool)
         tail_lookup[torch.as_tensor(self.tails, dtype=torch.long)] = True
-        weights = torch.as_tensor(data.class_weights, dtype=torch.float32) if cfg.use_class_weights else None
+        # np.array copies: the shared dataset arrays are read-only (Ray object store / mmap)
+        weights = torch.from_numpy(np.array(data.class_weights, dtype=np.float32)) if cfg.use_class_weights else None
         self.objective = Objective(cfg, weights.to(device) if weights is not None else None,
                                    tail_lookup.to(device))
         self.start_epoch = 0
@@ -212,7 +213,7 @@ def _gather(split: Split, index: np.ndarray, device: torch.device) -> tuple[torc
     """Fetch a batch of decoded uint8 images (NHWC) and its targets onto the device."""
     index = np.asarray(index)
     images = torch.from_numpy(np.ascontiguousarray(split.images[index]))
-    labels = torch.from_numpy(split.labels[index])
+    labels = torch.from_numpy(split.labels[index])  # fancy indexing copies: writable
     crops = torch.from_numpy(split.crops[index])
     severities = torch.from_numpy(split.severities[index])
     pin = device.type == "cuda"
