@@ -1,0 +1,218 @@
+"""P5: peak memory with 4 concurrent trials vs 1; P6: --help, first trial result, demo search end to end.
+
+Both run `run_search.py` as a user does, in a subprocess with its own local Ray, from a
+scratch working directory (so an MLflow store it creates lands there):
+
+- P5: the demo recipe for 1 epoch, once with 1 trial and once with 4 trials at once
+  (--cpus-per-trial = CPUs / 4). The peak of RSS summed over the whole process tree (the
+  driver, Ray's own processes, the trial workers) is sampled from /proc every 0.3 s; PSS
+  (which splits shared pages, e.g. the dataset in Ray's object store, between the processes
+  mapping them) is sampled beside it.
+- P6: `run_search.py --help` (median of several runs); the time from launching
+  `run_search.py --space stage_epochs --demo` until the first trial's first result is in the
+  experiment directory (the search is then stopped with Ctrl-C); the demo search end to end
+  (measured in --full mode; otherwise projected, see `project_e2e`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from bench.common import (
+    PYTHON,
+    REPO,
+    Context,
+    FigureResult,
+    MemorySampler,
+    bench_dataset,
+    config_flags,
+    finish,
+    fmt,
+    fmt_s,
+    interrupt,
+    launch,
+    median,
+    say,
+)
+
+RUN_SEARCH = str(REPO / "run_search.py")
+
+
+def _search_argv(ctx: Context, flags: list[str], name: str) -> list[str]:
+    return [PYTHON, RUN_SEARCH, *flags, "--storage-path", str(ctx.storage), "--name", name]
+
+
+def _scratch(ctx: Context, name: str) -> Path:
+    path = ctx.work / "cwd" / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ---------------------------------------------------------------------------------- P5
+def _memory_run(ctx: Context, trials: int) -> dict:
+    prof = ctx.profile["memory"]
+    cpus = os.cpu_count() or 1
+    name = f"p5-{trials}trials-{ctx.run_id}"
+    flags = config_flags(bench_dataset(prof["data"]), prof["size"], 1) + [
+        "--space", "stage_epochs", "--num-samples", str(trials), "--max-concurrent", str(trials)]
+    if trials > 1:
+        flags += ["--cpus-per-trial", f"{cpus / trials:g}"]
+    say(f"P5: run_search.py with {trials} concurrent trial(s), 1 epoch each")
+    started = time.perf_counter()
+    proc = launch(_search_argv(ctx, flags, name), ctx.log(name), cwd=_scratch(ctx, name))
+    with MemorySampler(proc.pid) as sampler:
+        code = finish(proc, timeout=1800)
+    if code != 0:
+        raise RuntimeError(f"{name} exited {code}; see {ctx.log(name)}")
+    return {"peak_rss_mib": sampler.peak_rss_kib / 1024, "peak_pss_mib": sampler.peak_pss_kib / 1024,
+            "peak_processes": sampler.peak_processes, "rss_by_process_mib": sampler.breakdown_mib, "wall_s": time.perf_counter() - started,
+            "results": _first_results(ctx.storage / name)}
+
+
+def _first_results(experiment: Path) -> list[dict]:
+    out = []
+    for result_file in sorted(experiment.glob("*/result.json")):
+        lines = [line for line in result_file.read_text().splitlines() if line.strip()]
+        if lines:
+            row = json.loads(lines[0])
+            out.append({k: row.get(k) for k in ("time_this_iter_s", "epoch_time_s", "train_images_per_s",
+                                                 "time_total_s")})
+    return out
+
+
+def _dataset_mib(prof: dict) -> float:
+    """Size of the decoded train + val arrays the trials share."""
+    from bench.common import train_config
+    from trainable.data import load_data
+
+    cfg = train_config(bench_dataset(prof["data"]), prof["size"], 1)
+    data = load_data(cfg, progress=False)
+    return (data.train.images.nbytes + data.val.images.nbytes) / 2**20
+
+
+def run_p5(ctx: Context) -> FigureResult:
+    prof = ctx.profile["memory"]
+    fig = FigureResult("P5", "peak memory, 4 concurrent trials vs 1")
+    if not MemorySampler.available():
+        fig.add("peak RSS summed over processes, 4 trials / 1", "n/a (needs Linux /proc)", "≤ 1.5×", None)
+        return fig
+    dataset = _dataset_mib(prof)
+    one = _memory_run(ctx, 1)
+    many = _memory_run(ctx, prof["trials"])
+    ctx.shared["p5"] = {"one": one, "many": many}
+    fig.raw = {"one": one, "many": many, "dataset_mib": dataset}
+    fig.sizing = {"data": prof["data"] or "whole demo data", "epochs": 1, "trials": prof["trials"],
+                  "dataset_mib": round(dataset, 1)}
+    ratio = many["peak_rss_mib"] / one["peak_rss_mib"]
+    extra = (many["peak_pss_mib"] - one["peak_pss_mib"]) / (prof["trials"] - 1)
+    fig.add(f"peak RSS summed over processes, {prof['trials']} concurrent trials / 1",
+            f"{ratio:.2f}× ({fmt(many['peak_rss_mib'])} vs {fmt(one['peak_rss_mib'])} MiB)", "≤ 1.5×", ratio <= 1.5)
+    fig.add("  same with PSS (shared pages split between processes)",
+            f"{many['peak_pss_mib'] / one['peak_pss_mib']:.2f}× ({fmt(many['peak_pss_mib'])} vs "
+            f"{fmt(one['peak_pss_mib'])} MiB)")
+    fig.add("  PSS per extra trial vs the decoded dataset (train + val)",
+            f"{fmt(extra)} MiB per trial; dataset {fmt(dataset)} MiB",
+            note="an extra trial costing less than the dataset means it is shared, not copied")
+    return fig
+
+
+# ---------------------------------------------------------------------------------- P6
+def _help_times(runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        proc = launch([PYTHON, RUN_SEARCH, "--help"], Path(os.devnull))
+        finish(proc, timeout=120)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def first_result(ctx: Context) -> dict:
+    """Launch the demo search and time the first trial result landing in the experiment dir."""
+    prof = ctx.profile["cli"]
+    name = f"p6-first-{ctx.run_id}"
+    flags = ["--space", "stage_epochs", "--demo"]
+    if prof["first_result_data"] is not None:
+        flags = config_flags(bench_dataset(prof["first_result_data"]), None) + ["--space", "stage_epochs"]
+    say("P6: time to the first trial result of the demo search")
+    experiment = ctx.storage / name
+    started = time.perf_counter()
+    proc = launch(_search_argv(ctx, flags, name), ctx.log(name), cwd=_scratch(ctx, name))
+    seen, row = None, None
+    try:
+        while proc.poll() is None and time.perf_counter() - started < 900:
+            for result_file in experiment.glob("*/result.json"):
+                text = result_file.read_text()
+                if text.strip():
+                    seen = time.perf_counter() - started
+                    row = json.loads(text.splitlines()[0])
+                    break
+            if seen is not None:
+                break
+            time.sleep(0.05)
+    finally:
+        interrupt(proc, grace=60)
+        proc._bench_log.close()
+    if seen is None:
+        raise RuntimeError(f"no trial result within the time limit; see {ctx.log(name)}")
+    first_epoch = row.get("time_this_iter_s", float("nan"))
+    return {"seconds": seen, "first_epoch_s": first_epoch, "startup_s": seen - first_epoch,
+            "epoch_time_s": row.get("epoch_time_s"), "exit_code_after_ctrl_c": proc.returncode}
+
+
+def run_p6(ctx: Context) -> FigureResult:
+    prof = ctx.profile["cli"]
+    fig = FigureResult("P6", "CLI latency and end to end")
+    say("P6: run_search.py --help")
+    helps = _help_times(prof["help_runs"])
+    fig.raw["help_s"] = helps
+    fig.add(f"run_search.py --help wall time (median of {len(helps)})", f"{median(helps):.2f} s", "≤ 1 s",
+            median(helps) <= 1.0)
+    if prof["first_result"]:
+        first = first_result(ctx)
+        ctx.shared["p6_first"] = first
+        fig.raw["first_result"] = first
+        what = "demo search" if prof["first_result_data"] is None else "demo recipe on bench data"
+        fig.add(f"first trial result after launch ({what})", fmt_s(first["seconds"]), "≤ 20 s",
+                first["seconds"] <= 20,
+                note=f"start-up {fmt_s(first['startup_s'])} + first epoch {fmt_s(first['first_epoch_s'])}")
+    fig.sizing = {"help_runs": prof["help_runs"], "e2e": prof["e2e"]}
+    return fig
+
+
+def project_e2e(ctx: Context, fig: FigureResult) -> None:
+    """P6's end-to-end row, once P4's demo search (and the loop timing of P1) are known.
+
+    --full: the real demo search's wall time. Otherwise a projection: P6's measured start-up +
+    the epochs the demo search's settings consumed (P4, counted exactly at bench size) x the
+    wall time of one demo-data epoch (P1's epoch under Tune, scaled by image count to the
+    whole demo data, all CPUs busy).
+    """
+    search = ctx.shared.get("demo_search")
+    if search is None:
+        return
+    if not search.get("scaled"):
+        seconds = search["bench_wall_s"]
+        fig.add("demo search end to end (run_search.py --space stage_epochs --demo)", fmt_s(seconds), "≤ 10 min",
+                seconds <= 600)
+        fig.raw["e2e_s"] = seconds
+        return
+    p1, first = ctx.shared.get("p1"), ctx.shared.get("p6_first")
+    if not p1 or not first or ctx.profile["loop"]["size"] is not None:
+        fig.add("demo search end to end", "not measured (needs P1, P4, P6 at demo size; or --full)", "≤ 10 min")
+        return
+    from bench.common import demo_root
+    from trainable.demo_data import layout_paths
+
+    paths = layout_paths(demo_root())
+    demo_images = sum(sum(1 for _ in open(paths[f"{s}_meta"])) - 1 for s in ("train", "val"))
+    loop_images = p1["train_images"] + p1["val_images"]
+    epoch_s = median(p1["tune_time_this_iter_s"][1:]) * demo_images / loop_images
+    projected = first["startup_s"] + search["epochs_consumed"] * epoch_s
+    fig.raw["e2e_projection"] = {"startup_s": first["startup_s"], "epochs": search["epochs_consumed"],
+                                 "epoch_s": epoch_s, "seconds": projected}
+    fig.add("demo search end to end (projected)", fmt_s(projected), "≤ 10 min", projected <= 600,
+            note=f"{search['epochs_consumed']} epochs x {epoch_s:.1f} s + start-up; run --full to measure")

@@ -1,0 +1,267 @@
+"""P2: training-input throughput, decode-once cache + batched augmentation vs a seed-style pipeline.
+
+Both pipelines read the same image files, produce the same output size and apply the same
+augmentation (random resized crop with area 0.25-1 and ratio 3/4-4/3, horizontal and vertical
+flip, brightness/contrast/saturation jitter 0.3, ImageNet normalisation):
+
+- croptune: the split decoded once into the cache (trainable.data.load_data, a memory map),
+  then per batch the loop's own `_gather` (index the map, copy to a tensor) and
+  `augment.train_augment` (one affine_grid/grid_sample for the whole batch);
+- seed-style: `PIL.Image.open(path).convert("RGB")` + torchvision RandomResizedCrop,
+  RandomHorizontalFlip, RandomVerticalFlip, ColorJitter, ToTensor, Normalize per sample, in a
+  torch DataLoader with 2 worker processes.
+
+Throughput is images/s over one shuffled pass, timed from the end of the first batch (so the
+DataLoader's worker start-up is not counted against it: the conservative side for the ratio;
+the ratio with start-up is in results.json). The one-time decode into the cache is timed
+separately, into a throw-away cache dir.
+
+The second goal (data wait < 5 % of step time) is read from the training loop itself: fit()
+reports `data_wait_frac` per epoch (time fetching batches from the cache / train time). The
+augmentation runs inside the step on the training device; its share is reported beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import Context, FigureResult, bench_dataset, fmt, fmt_s, median, say, train_config
+
+SEED_WORKERS = 2
+
+
+def run(ctx: Context) -> FigureResult:
+    prof = ctx.profile["input"]
+    fig = FigureResult("P2", "training-input throughput")
+    paths = bench_dataset(None)  # the demo data: the images users' demo runs read
+    cfg = train_config(paths, None)
+    demo = _compare(ctx, fig, cfg, prof["images"], prof["batch"], label="demo")
+    fig.add(f"input images/s, decode-once+batched aug / seed-style DataLoader({SEED_WORKERS} workers), "
+            f"demo {cfg.image_size} px",
+            f"{fmt(demo['ratio'])}x ({fmt(demo['ours_ips'])} vs {fmt(demo['seed_ips'])} img/s)", "≥ 10×",
+            demo["ratio"] >= 10)
+    if prof["jpeg_images"]:
+        big = _jpeg_variant(ctx, fig, prof["jpeg_images"], prof["batch"])
+        fig.add("same, seed-sized: 384 px JPEG files -> 224 px (cache 256)",
+                f"{fmt(big['ratio'])}x ({fmt(big['ours_ips'])} vs {fmt(big['seed_ips'])} img/s)", "≥ 10×",
+                big["ratio"] >= 10)
+    cold = _cold_decode(cfg)
+    fig.raw["cold_decode"] = cold
+    fig.add("one-time decode of the demo data into the cache (cold)",
+            f"{fmt_s(cold['seconds'])} for {cold['images']} images ({fmt(cold['images_per_s'])} img/s)")
+    wait = _loop_wait(ctx, fig)
+    if wait is not None:
+        fig.add("data wait in fit(): time fetching batches / train step time (median over epochs)",
+                f"{100 * wait['data_wait_frac']:.2f} %", "< 5 %", wait["data_wait_frac"] < 0.05)
+        fig.add("  + batched augmentation (in the step, same device) / train step time",
+                f"{100 * wait['augment_frac']:.1f} %", "", None,
+                note="input work on the critical path; not counted in data_wait_frac")
+    return fig
+
+
+# ---------------------------------------------------------------------------------- pipelines
+def _compare(ctx: Context, fig: FigureResult, cfg, images: int | None, batch: int, label: str) -> dict:
+    from trainable.data import load_data
+
+    data = load_data(cfg, progress=False)
+    split = data.train
+    count = len(split) if images is None else min(images, len(split))
+    files = [os.path.join(cfg.train_dir, p) for p in split.paths]
+    size = cfg.image_size
+    say(f"P2 {label}: croptune input pipeline on {count} images at {size} px")
+    ours = _ours(split, count, size, batch)
+    say(f"P2 {label}: seed-style DataLoader ({SEED_WORKERS} workers) on the same files")
+    seed = _seed_style(files[:count], split.labels[:count], size, batch)
+    result = {"images": count, "size": size, "cache_size": int(split.images.shape[1]), "batch": batch,
+              "ours": ours, "seed": seed, "ours_ips": ours["steady_ips"], "seed_ips": seed["steady_ips"],
+              "ratio": ours["steady_ips"] / seed["steady_ips"],
+              "ratio_with_startup": ours["total_ips"] / seed["total_ips"]}
+    fig.raw[label] = result
+    fig.sizing[label] = {"images": count, "size": size, "batch": batch, "files": cfg.train_dir}
+    return result
+
+
+def _ours(split, count: int, size: int, batch: int) -> dict:
+    import torch
+
+    from trainable.augment import train_augment
+    from trainable.loop import _gather
+    from trainable.sampler import epoch_order
+
+    generator = torch.Generator().manual_seed(0)
+    order = epoch_order(split.labels[:count], False, generator).numpy()
+    batches = [order[i:i + batch] for i in range(0, len(order), batch)]
+    device = torch.device("cpu")
+    gather_s = augment_s = 0.0
+    started = time.perf_counter()
+    first_done = None
+    for index in batches:
+        t0 = time.perf_counter()
+        images, _ = _gather(split, index, device)
+        t1 = time.perf_counter()
+        out = train_augment(images, size, light=False, generator=generator)
+        float(out[0, 0, 0, 0])  # make sure the work happened
+        t2 = time.perf_counter()
+        gather_s += t1 - t0
+        augment_s += t2 - t1
+        if first_done is None:
+            first_done = t2
+    ended = time.perf_counter()
+    steady = count - len(batches[0])
+    return {"total_ips": count / (ended - started),
+            "steady_ips": steady / (ended - first_done) if steady else count / (ended - started),
+            "gather_s": gather_s, "augment_s": augment_s, "augment_s_per_image": augment_s / count}
+
+
+class _SeedDataset:
+    """The seed's dataset: a path list, PIL decode and a torchvision transform per sample."""
+
+    def __init__(self, files, labels, transform):
+        self.files, self.labels, self.transform = files, labels, transform
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        with Image.open(self.files[i]) as image:
+            return self.transform(image.convert("RGB")), int(self.labels[i])
+
+
+def seed_transform(size: int):
+    from torchvision import transforms as T
+
+    from trainable.augment import CROP_RATIO, FULL_SCALE, IMAGENET_MEAN, IMAGENET_STD, JITTER
+
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=FULL_SCALE, ratio=CROP_RATIO),
+        T.RandomHorizontalFlip(), T.RandomVerticalFlip(),
+        T.ColorJitter(brightness=JITTER, contrast=JITTER, saturation=JITTER),
+        T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def _seed_style(files: list[str], labels: np.ndarray, size: int, batch: int) -> dict:
+    import torch
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(0)
+    loader = DataLoader(_SeedDataset(files, labels, seed_transform(size)), batch_size=batch, shuffle=True,
+                        num_workers=SEED_WORKERS)
+    started = time.perf_counter()
+    first_done, first_len, seen = None, 0, 0
+    for images, _ in loader:
+        seen += len(images)
+        if first_done is None:
+            first_done, first_len = time.perf_counter(), len(images)
+    ended = time.perf_counter()
+    steady = seen - first_len
+    return {"total_ips": seen / (ended - started),
+            "steady_ips": steady / (ended - first_done) if steady else seen / (ended - started),
+            "startup_s": first_done - started}
+
+
+# ---------------------------------------------------------------------------------- variants
+def _jpeg_variant(ctx: Context, fig: FigureResult, count: int, batch: int) -> dict:
+    """Seed-sized inputs: 384 px JPEG photos (demo leaves upscaled, with sensor-like noise)."""
+    from trainable.config import TrainConfig
+    from trainable.demo_data import layout_paths
+
+    root = _jpeg_dataset(count)
+    paths = layout_paths(root)
+    cfg = TrainConfig(**paths, image_size=224, progressive_image_size=256, num_workers=min(4, os.cpu_count() or 1))
+    return _compare(ctx, fig, cfg, count, batch, label="jpeg224")
+
+
+def _jpeg_dataset(count: int) -> Path:
+    from PIL import Image
+
+    from bench.common import WORK, demo_root
+    from trainable.demo_data import layout_paths
+    from trainable.metadata import write_csv_atomic
+
+    root = WORK / "data" / f"jpeg384-{count}"
+    paths = layout_paths(root)
+    if Path(paths["class_weights"]).is_file():
+        return root
+    source = layout_paths(demo_root())
+    import csv
+
+    with open(source["train_meta"], newline="") as handle:
+        rows = list(csv.reader(handle))
+    header, rows = rows[0], rows[1:count + 1]
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        Path(paths[f"{split}_dir"]).mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        with Image.open(os.path.join(source["train_dir"], row[0])) as image:
+            big = np.asarray(image.convert("RGB").resize((384, 384), Image.Resampling.BICUBIC), dtype=np.float32)
+        noisy = np.clip(big + rng.normal(0, 6, big.shape), 0, 255).astype(np.uint8)
+        name = Path(row[0]).with_suffix(".jpg").name
+        for split in ("train", "val"):
+            Image.fromarray(noisy).save(os.path.join(paths[f"{split}_dir"], name), quality=90)
+        row[0] = name
+    write_csv_atomic(Path(paths["train_meta"]), header, rows)
+    write_csv_atomic(Path(paths["val_meta"]), header, rows[:8])
+    write_csv_atomic(Path(paths["class_weights"]), ["label_61", "weight"], [[i, "1.0"] for i in range(61)])
+    return root
+
+
+def _cold_decode(cfg) -> dict:
+    """load_data into an empty cache dir: the decode a first run pays once."""
+    from trainable.data import load_data
+
+    tmp = tempfile.mkdtemp(prefix="croptune-bench-cache-")
+    saved = os.environ.get("CROPTUNE_CACHE_DIR")
+    os.environ["CROPTUNE_CACHE_DIR"] = tmp
+    try:
+        say(f"P2: cold decode of the demo data (num_workers={cfg.num_workers})")
+        started = time.perf_counter()
+        data = load_data(cfg, progress=False)
+        seconds = time.perf_counter() - started
+        images = len(data.train) + len(data.val)
+    finally:
+        if saved is None:
+            os.environ.pop("CROPTUNE_CACHE_DIR", None)
+        else:
+            os.environ["CROPTUNE_CACHE_DIR"] = saved
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"seconds": seconds, "images": images, "images_per_s": images / seconds,
+            "num_workers": cfg.num_workers}
+
+
+def _loop_wait(ctx: Context, fig: FigureResult) -> dict | None:
+    """data_wait_frac from the bare fit() runs (shared with P1), plus the augmentation's share."""
+    from bench.fig_loop import bare_runs, loop_setup
+
+    runs = bare_runs(ctx)
+    epochs = [m for run in runs for m in run["metrics"]]
+    if not epochs:
+        return None
+    cfg, data = loop_setup(ctx)
+    import torch
+
+    from trainable.augment import train_augment
+
+    generator = torch.Generator().manual_seed(1)
+    batch = torch.from_numpy(np.ascontiguousarray(data.train.images[:cfg.batch_size]))
+    train_augment(batch, cfg.image_size, light=False, generator=generator)  # warm-up
+    t0 = time.perf_counter()
+    reps = 5
+    for _ in range(reps):
+        train_augment(batch, cfg.image_size, light=False, generator=generator)
+    augment_s_per_image = (time.perf_counter() - t0) / (reps * len(batch))
+    ips = median([m["train_images_per_s"] for m in epochs])
+    result = {"data_wait_frac": median([m["data_wait_frac"] for m in epochs]),
+              "data_wait_per_epoch": [m["data_wait_frac"] for m in epochs],
+              "augment_s_per_image": augment_s_per_image, "train_images_per_s": ips,
+              "augment_frac": augment_s_per_image * ips}
+    fig.raw["loop_wait"] = result
+    return result

@@ -1,0 +1,148 @@
+"""P1: wall time per epoch of a trial under Tune / the bare fit() loop; T1: training images/s.
+
+Same config (the demo recipe on the `loop` bench data), same machine, one run, in the order
+bare - Tune - bare (A-B-A, so a drift in the machine's load hits both sides):
+
+- bare: `for result in fit(cfg, data)` in this process (torch threads = all CPUs); the wall
+  time of an epoch is the time between two results;
+- Tune: the same config as a one-trial search through `tuner.search.run_search` (the real
+  trainable, resources, checkpointing and reporting; FIFO: --grace-period = --epochs), with
+  --cpus-per-trial = all CPUs so both sides use the same threads. Its wall time per epoch is
+  Tune's `time_this_iter_s` (time between two reports inside the trial: training, validation,
+  writing the checkpoint and reporting).
+
+Epoch 1 is left out of the medians on both sides (model build; under Tune also the worker's
+imports). The ratio is the median over epochs 2.. of tune[e] / mean(bare_A[e], bare_B[e]);
+the per-epoch Tune overhead outside fit() (checkpoint + report) is time_this_iter_s minus
+fit()'s own epoch_time_s.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from bench.common import (
+    Context,
+    FigureResult,
+    bench_dataset,
+    config_flags,
+    ensure_ray,
+    fmt,
+    median,
+    run_search_inprocess,
+    say,
+    train_config,
+)
+
+
+def loop_setup(ctx: Context):
+    """(cfg, data) of the loop figures, loaded once per run."""
+    def load():
+        from trainable.data import load_data
+
+        prof = ctx.profile["loop"]
+        paths = bench_dataset(prof["data"])
+        cfg = train_config(paths, prof["size"], prof["epochs"])
+        return cfg, load_data(cfg, progress=False)
+
+    return ctx.once("loop_setup", load)
+
+
+def bare_fit(cfg, data) -> dict:
+    from trainable.loop import fit
+
+    walls, metrics = [], []
+    last = time.perf_counter()
+    for result in fit(cfg, data):
+        now = time.perf_counter()
+        walls.append(now - last)
+        last = now
+        metrics.append(dict(result.metrics))
+    return {"wall_s": walls, "metrics": metrics}
+
+
+def bare_runs(ctx: Context) -> list[dict]:
+    """The bare fit() runs of this bench run (one, when P1 did not run first)."""
+    if "bare_runs" not in ctx.shared:
+        cfg, data = loop_setup(ctx)
+        say(f"loop: bare fit() {cfg.epochs} epochs ({len(data.train)} train images, {cfg.image_size} px)")
+        ctx.shared["bare_runs"] = [bare_fit(cfg, data)]
+    return ctx.shared["bare_runs"]
+
+
+def tune_run(ctx: Context) -> dict:
+    prof = ctx.profile["loop"]
+    cfg, _ = loop_setup(ctx)
+    cpus = os.cpu_count() or 1
+    name = f"p1-tune-{ctx.run_id}"
+    flags = config_flags(bench_dataset(prof["data"]), prof["size"], prof["epochs"]) + [
+        "--space", "stage_epochs", "--num-samples", "1", "--grace-period", str(cfg.epochs),
+        "--cpus-per-trial", str(cpus), "--max-concurrent", "1",
+        "--storage-path", str(ctx.storage), "--name", name]
+    ensure_ray(ctx.log("ray"))
+    say(f"P1: the same config as one Tune trial ({cpus} CPUs)")
+    summary = run_search_inprocess(flags, ctx.log(name))
+    (rows,) = summary["trial_results"].values()
+    overrides = rows[0].get("config", {}) if rows else {}
+    differs = {k: v for k, v in overrides.items() if getattr(cfg, k, v) != v}
+    return {"rows": rows, "summary_wall_s": summary["bench_wall_s"], "config_differs": differs}
+
+
+def run(ctx: Context) -> FigureResult:
+    prof = ctx.profile["loop"]
+    fig = FigureResult("P1", "Tune overhead per epoch")
+    cfg, data = loop_setup(ctx)
+    fig.sizing = {"train_images": len(data.train), "val_images": len(data.val), "image_size": cfg.image_size,
+                  "progressive_image_size": cfg.progressive_image_size, "epochs": cfg.epochs,
+                  "batch_size": cfg.batch_size, "backbone": cfg.backbone, "order": "bare-Tune-bare" if prof["aba"]
+                  else "bare-Tune"}
+    ensure_ray(ctx.log("ray"))  # up before the first bare run, so both sides share the same background
+    runs = bare_runs(ctx)
+    tune = tune_run(ctx)
+    if prof["aba"]:
+        say(f"P1: bare fit() again ({cfg.epochs} epochs)")
+        runs.append(bare_fit(cfg, data))
+    epochs = range(1, cfg.epochs)  # 0-based index; epoch 1 (index 0) is left out
+    tune_wall = [row["time_this_iter_s"] for row in tune["rows"]]
+    tune_fit = [row["epoch_time_s"] for row in tune["rows"]]
+    bare_wall = [sum(run["wall_s"][e] for run in runs) / len(runs) for e in range(cfg.epochs)]
+    ratios = [tune_wall[e] / bare_wall[e] for e in epochs if e < len(tune_wall)]
+    ratio = median(ratios)
+    overhead = median([tune_wall[e] - tune_fit[e] for e in epochs if e < len(tune_wall)])
+    fig.raw = {"bare_wall_s": [run["wall_s"] for run in runs], "tune_time_this_iter_s": tune_wall,
+               "tune_fit_epoch_time_s": tune_fit, "per_epoch_ratio": ratios,
+               "ratio_of_medians": median([tune_wall[e] for e in epochs]) / median([bare_wall[e] for e in epochs]),
+               "tune_overhead_outside_fit_s": overhead, "config_differs_from_bare": tune["config_differs"],
+               "bare_metrics": [run["metrics"] for run in runs], "tune_results": tune["rows"]}
+    fig.add(f"wall per epoch, trial under Tune / bare fit() (median of epochs 2-{cfg.epochs})",
+            f"{ratio:.3f} ({fmt(median([tune_wall[e] for e in epochs]))} s vs "
+            f"{fmt(median([bare_wall[e] for e in epochs]))} s)", "≤ 1.03", ratio <= 1.03,
+            note="configs differ: " + ", ".join(tune["config_differs"]) if tune["config_differs"] else "")
+    fig.add("  Tune's time per epoch outside fit() (checkpoint + report)", f"{overhead:.3f} s")
+    spread = [min(ratios), max(ratios)] if ratios else [float("nan")] * 2
+    fig.add("  per-epoch ratios (min-max)", f"{spread[0]:.3f}-{spread[1]:.3f}")
+    ctx.shared["p1"] = fig.raw | {"ratio": ratio, "cfg": cfg, "train_images": len(data.train),
+                                  "val_images": len(data.val)}
+    return fig
+
+
+def run_throughput(ctx: Context) -> FigureResult:
+    """T1: images/s of training (the train phase of fit(), validation excluded)."""
+    fig = FigureResult("T1", "training images/s")
+    cfg, data = loop_setup(ctx)
+    runs = bare_runs(ctx)
+    bare = [m["train_images_per_s"] for run in runs for m in run["metrics"][1:]]
+    fig.add(f"training images/s, demo model ({cfg.backbone}, {cfg.image_size}/{cfg.progressive_image_size} px, "
+            f"batch {cfg.batch_size}), bare fit(), all CPUs", fmt(median(bare)))
+    p1 = ctx.shared.get("p1")
+    if p1:
+        tuned = [r["train_images_per_s"] for r in p1["tune_results"][1:]]
+        fig.add("  same, inside a Tune trial", fmt(median(tuned)))
+        fig.raw["tune_train_images_per_s"] = tuned
+    walls = [w for run in runs for w in run["wall_s"][1:]]
+    full = median(walls)
+    fig.add("  epoch wall time (train + validation)", f"{fmt(full)} s for {len(data.train)} + {len(data.val)} images")
+    fig.raw.update({"bare_train_images_per_s": bare, "epoch_wall_s": walls})
+    fig.sizing = {"train_images": len(data.train), "image_size": cfg.image_size, "epochs": cfg.epochs}
+    return fig
