@@ -20,7 +20,7 @@ from trainable.errors import UserError, run_cli
 SUBCOMMANDS = {
     "ui": ("tuner.tracking", "ui_main"),
     "export": ("tuner.export", "main"),
-    "retrain": ("tuner.export", "retrain_main"),
+    "retrain": ("tuner.retrain", "main"),
 }
 
 
@@ -30,10 +30,6 @@ def _subcommand(name: str):
         module = importlib.import_module(module_name)
         if hasattr(module, function):
             return getattr(module, function)
-    if name == "retrain":  # same as `python -m trainable` until tracking adds its own
-        from trainable.__main__ import main as train_main
-
-        return train_main
     raise UserError(f"`run_search.py {name}` is not available in this installation ({module_name}.{function} missing)")
 
 

@@ -39,6 +39,9 @@ from trainable.errors import DivergedError
 # reference, and importing torch + timm there would cost it seconds for nothing.
 
 CHECKPOINT_FILE = "checkpoint.pth"
+# Beside each checkpoint: that epoch's val predictions and labels (arrays `predictions`,
+# `labels`), from which the end of the search draws the best trial's confusion matrix.
+PREDICTIONS_FILE = "val_predictions.npz"
 DIVERGED_MARKER = "diverged.txt"
 FAULT_DIR_ENV = "CROPTUNE_TEST_FAULT_DIR"
 MPS_RESOURCE = "mps"  # the custom resource tuner.resources gives trials on an Apple GPU
@@ -72,7 +75,7 @@ def train_trial(config: dict, data=None, base=None) -> None:
     try:
         for result in fit(cfg, data, state=state, device=device):
             _maybe_inject_fault(result.epoch)
-            _report(result)
+            _report(result, data)
             _maybe_pause(result.epoch)
     except DivergedError as exc:
         message = f"diverged: {exc}"
@@ -139,7 +142,7 @@ def _restored_state() -> dict | None:
         return load_checkpoint(Path(directory) / CHECKPOINT_FILE)
 
 
-def _report(result) -> None:
+def _report(result, data=None) -> None:
     numeric = {k: v for k, v in result.metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     missing = [k for k in REPORTED if k not in numeric]
     if missing:
@@ -150,7 +153,18 @@ def _report(result) -> None:
 
     with tempfile.TemporaryDirectory(prefix="croptune-ckpt-") as directory:
         save_checkpoint(result.state, Path(directory) / CHECKPOINT_FILE)
+        _save_val_predictions(result, data, Path(directory) / PREDICTIONS_FILE)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def _save_val_predictions(result, data, path: Path) -> None:
+    predictions = getattr(result, "val_predictions", None)
+    labels = getattr(getattr(data, "val", None), "labels", None)
+    if predictions is None or labels is None:
+        return
+    import numpy as np
+
+    np.savez(path, predictions=np.asarray(predictions, dtype=np.int64), labels=np.asarray(labels, dtype=np.int64))
 
 
 def _test_hook(trigger_name: str, marker_name: str, epoch: int) -> list[str] | None:

@@ -282,6 +282,13 @@ def ui_main(argv: list[str] | None = None) -> int:
 
 def __getattr__(name: str):
     # Lazy re-exports: importing tuner.tracking must not import Ray, mlflow or matplotlib.
+    if name in ("add_search_arguments", "search_hooks"):
+        # What tuner.cli / tuner.hooks look for: with these, every search logs to MLflow
+        # (--no-mlflow turns it off). Lazy, not `from tuner.tracking_hooks import ...` at the
+        # top: tracking_hooks imports this module, so either could otherwise be imported first.
+        from tuner import tracking_hooks
+
+        return getattr(tracking_hooks, name)
     if name == "MlflowTrialCallback":
         from tuner.tracking_callback import MlflowTrialCallback
 

@@ -5,6 +5,8 @@ confusion matrix on the best trial's run.
     log_search_artifacts(client, parent_run_id, trials, histories, study, metric=..., mode=...)
     log_best_trial_artifacts(client, callback.run_id(best_trial_id), histories[best_trial_id],
                              confusion=confusion_matrix_array)        # confusion is optional
+    labels, predictions, epoch = saved_val_predictions(result_grid, best_trial_id)  # or None:
+    #   the val split's predictions the trial saved beside its latest checkpoint
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ def log_search_artifacts(client, parent_run_id: str, trials: pd.DataFrame,
 
 
 def log_best_trial_artifacts(client, run_id: str, history: pd.DataFrame, confusion=None,
-                             class_names: list[str] | None = None) -> list[str]:
+                             class_names: list[str] | None = None, confusion_title: str | None = None
+                             ) -> list[str]:
     """plots/learning_curves.png (+ the confusion matrix when given) on the best trial's run."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "learning_curves.png"
@@ -80,21 +83,52 @@ def log_best_trial_artifacts(client, run_id: str, history: pd.DataFrame, confusi
         client.log_artifact(run_id, str(path), artifact_path="plots")
     logged = ["plots/learning_curves.png"]
     if confusion is not None:
-        logged += log_confusion_matrix(client, run_id, confusion, class_names)
+        logged += log_confusion_matrix(client, run_id, confusion, class_names, confusion_title)
     return logged
 
 
-def log_confusion_matrix(client, run_id: str, matrix, class_names: list[str] | None = None) -> list[str]:
+def log_confusion_matrix(client, run_id: str, matrix, class_names: list[str] | None = None,
+                         title: str | None = None) -> list[str]:
     """plots/confusion_matrix.png (rows normalised to recall) and confusion_matrix.csv (counts)."""
     matrix = np.asarray(matrix)
     names = class_names or [str(i) for i in range(matrix.shape[0])]
     with tempfile.TemporaryDirectory() as tmp:
         png, csv = Path(tmp) / "confusion_matrix.png", Path(tmp) / "confusion_matrix.csv"
-        _save(confusion_figure(matrix, names), png)
+        _save(confusion_figure(matrix, names, title), png)
         pd.DataFrame(matrix, index=names, columns=names).to_csv(csv)
         client.log_artifact(run_id, str(png), artifact_path="plots")
         client.log_artifact(run_id, str(csv))
     return ["plots/confusion_matrix.png", "confusion_matrix.csv"]
+
+
+def saved_val_predictions(results, trial_id: str) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """(labels, predictions, epoch) of the val split saved beside a trial's latest checkpoint
+    (trainable.tune_entry.PREDICTIONS_FILE), or None when the trial has none."""
+    from trainable.tune_entry import PREDICTIONS_FILE
+
+    for result in results:
+        metrics = result.metrics or {}
+        if metrics.get("trial_id") != trial_id:
+            continue
+        if result.checkpoint is None:
+            return None
+        with result.checkpoint.as_directory() as directory:
+            path = Path(directory) / PREDICTIONS_FILE
+            if not path.is_file():
+                return None
+            with np.load(path) as saved:
+                return saved["labels"], saved["predictions"], int(metrics.get(STEP, 0))
+    return None
+
+
+def class_names(num_classes: int) -> list[str]:
+    """`id crop: disease` (+ `(serious)`) for the 61 classes; plain ids for any other count."""
+    from trainable.taxonomy import CLASSES
+
+    if num_classes != len(CLASSES):
+        return [str(i) for i in range(num_classes)]
+    return [f"{c.id} {c.crop}: {c.disease}" + (" (serious)" if c.severity == "serious" else "")
+            for c in CLASSES]
 
 
 # ---------------------------------------------------------------------- figures
@@ -133,7 +167,7 @@ def learning_curves(history: pd.DataFrame) -> Figure:
     return fig
 
 
-def confusion_figure(matrix: np.ndarray, names: list[str]) -> Figure:
+def confusion_figure(matrix: np.ndarray, names: list[str], title: str | None = None) -> Figure:
     totals = matrix.sum(axis=1, keepdims=True)
     recall = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
     size = max(6.0, 0.16 * len(names) + 3)
@@ -144,8 +178,9 @@ def confusion_figure(matrix: np.ndarray, names: list[str]) -> Figure:
     ticks = np.arange(len(names))
     ax.set_xticks(ticks, names, rotation=90, fontsize=6)
     ax.set_yticks(ticks, names, fontsize=6)
+    heading = f"{title}: confusion matrix" if title else "Confusion matrix"
     ax.set(xlabel="predicted", ylabel="true",
-           title=f"Confusion matrix (rows normalised; {int(matrix.sum())} samples)")
+           title=f"{heading} (rows normalised; {int(matrix.sum())} samples)")
     return fig
 
 

@@ -1,11 +1,8 @@
 """MLflow as a search hook (tuner.hooks): flags, preflight, parent run, trial callback, artifacts.
 
-Not active until tuner.tracking re-exports the two entry points tuner.cli / tuner.hooks
-look for:
-
-    from tuner.tracking_hooks import add_search_arguments, search_hooks   # in tuner/tracking.py
-
-Then every search logs to MLflow (default sqlite:///<cwd>/mlflow.db; --no-mlflow turns it off).
+tuner.tracking re-exports (lazily) the two entry points tuner.cli / tuner.hooks look for,
+`add_search_arguments` and `search_hooks`: every search logs to MLflow (default
+sqlite:///<cwd>/mlflow.db; --mlflow-uri / $MLFLOW_TRACKING_URI; --no-mlflow turns it off).
 """
 
 from __future__ import annotations
@@ -88,8 +85,27 @@ class MlflowSearchHooks(SearchHooks):
                              metric=settings.metric, mode=settings.mode, best_trial_id=best)
         run_id = self.callback.run_id(best) if best else None
         if run_id and best in histories:
-            log_best_trial_artifacts(self.client, run_id, histories[best], confusion=None)
+            matrix, title, names = best_confusion(context, best)
+            log_best_trial_artifacts(self.client, run_id, histories[best], confusion=matrix,
+                                     class_names=names, confusion_title=title)
             self.client.set_tag(self.parent, "best_run_id", run_id)
+
+
+def best_confusion(context, trial_id: str):
+    """(matrix, title, class names) from the val predictions saved beside the best trial's
+    latest checkpoint (the epoch its final score comes from); (None, None, None) without them."""
+    from trainable.metrics import confusion
+    from tuner.tracking_artifacts import class_names, saved_val_predictions
+
+    saved = saved_val_predictions(context.results, trial_id)
+    if saved is None:
+        print(f"note: trial {trial_id} saved no val predictions; no confusion matrix", file=sys.stderr)
+        return None, None, None
+    labels, predictions, epoch = saved
+    counts = (context.data_info or {}).get("class_counts")
+    num_classes = len(counts) if counts else int(max(labels.max(initial=0), predictions.max(initial=0))) + 1
+    return (confusion(labels, predictions, num_classes=num_classes), f"trial {trial_id}, epoch {epoch}",
+            class_names(num_classes))
 
 
 def parent_params(context) -> dict:
