@@ -58,7 +58,7 @@ def delete_first_image(root: Path):
 CASES = {
     "missing data dir": (lambda root, tmp: ["--train-dir", str(tmp / "nope")], "nope"),
     "corrupt image": (lambda root, tmp: corrupt_first_image(root), "cannot be decoded"),
-    "missing image file": (lambda root, tmp: delete_first_image(root), "missing"),
+    "missing image file": (lambda root, tmp: delete_first_image(root), "not found"),
     "csv without label column": (
         lambda root, tmp: edit_train_csv(root, lambda ls: [ls[0].replace("label_61", "label"), *ls[1:]]), "label_61"),
     "label outside 0..60": (lambda root, tmp: edit_train_csv(root, lambda ls: replace_row(ls, "label_61", "75")), "75"),
