@@ -16,7 +16,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -135,7 +134,7 @@ def ensure_demo_dataset(seed: int = 0) -> Path:
         raise UserError(f"{final} exists but is not a complete demo dataset; delete it and run again")
     parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(parent, name)
-    print(f"demo data: generating {final} ...", end="", flush=True, file=sys.stdout)
+    print(f"demo data: generating {final} (once; reused by later runs)", flush=True)
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent))
     try:
@@ -149,5 +148,5 @@ def ensure_demo_dataset(seed: int = 0) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    print(f" done in {time.monotonic() - started:.0f} s", flush=True)
+    print(f"demo data: {final} (generated in {time.monotonic() - started:.0f} s)", flush=True)
     return final
