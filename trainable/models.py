@@ -253,7 +253,7 @@ def _load_weights_file(backbone: nn.Module, name: str, path: str) -> None:
     if not os.path.isfile(path):
         raise UserError(f"--pretrained-path {path}: no such file")
     try:
-        state = timm.models.load_state_dict(path)  # weights_only torch.load / safetensors
+        state = timm.models.load_state_dict(path, weights_only=True)  # or safetensors
     except Exception as exc:
         raise UserError(f"--pretrained-path {path}: not a readable weights file ({type(exc).__name__})") from None
     if not isinstance(state, dict):

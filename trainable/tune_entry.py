@@ -17,7 +17,10 @@ test sees Tune restart that trial from its epoch N-1 checkpoint. The trial that 
 writes its id to `<dir>/raised` (created exclusively, so exactly one trial raises).
 A file `pause_once_after_epoch` holding "N SECONDS" makes the first trial to report epoch N
 sleep that long afterwards (id in `<dir>/paused`): a window in which a test can interrupt
-the search with a trial mid-run.
+the search with a trial mid-run. A file `hold_once_before_report` holding "N SECONDS" makes
+the first trial to finish training epoch N sleep that long *before* reporting (checkpointing)
+it, after writing its id to `<dir>/held` and its worker's pid to `<dir>/held_pid`: a window
+in which a test can kill the worker with epoch N trained but not yet saved.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ def train_trial(config: dict, data=None, base=None) -> None:
     try:
         for result in fit(cfg, data, state=state, device=device):
             _maybe_inject_fault(result.epoch)
+            _maybe_hold(result.epoch)
             _report(result, data)
             _maybe_pause(result.epoch)
     except DivergedError as exc:
@@ -194,6 +198,15 @@ def _maybe_inject_fault(epoch: int) -> None:
 def _maybe_pause(epoch: int) -> None:
     args = _test_hook("pause_once_after_epoch", "paused", epoch)
     if args is not None:
+        time.sleep(float(args[1]))
+
+
+def _maybe_hold(epoch: int) -> None:
+    args = _test_hook("hold_once_before_report", "held", epoch)
+    if args is not None:
+        pid_file = Path(os.environ[FAULT_DIR_ENV]) / "held_pid"
+        _write_marker(pid_file.with_suffix(".tmp"), str(os.getpid()))
+        os.replace(pid_file.with_suffix(".tmp"), pid_file)  # whole, or not there yet
         time.sleep(float(args[1]))
 
 

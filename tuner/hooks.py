@@ -5,6 +5,7 @@ A hook object sees the search at four moments, all on the driver:
     validate(settings)            before Ray starts; raise UserError to refuse (exit 2, nothing written)
     callbacks(context) -> list    Tune callbacks to add (e.g. one MLflow child run per trial)
     finished(context, outcome)    after the search; outcome: "finished" | "interrupted" | "failed"
+    resume_flags() -> list        flags the printed `--resume NAME` command must carry for this hook
 
 `tuner.search.run_search(settings, hooks=[...])` calls them in order. The command line
 collects hooks from `tuner.tracking.search_hooks(settings)` when that function exists
@@ -42,6 +43,10 @@ class SearchHooks:
 
     def finished(self, context: SearchContext, outcome: str) -> None:
         pass
+
+    def resume_flags(self) -> list[str]:
+        """Flags the printed `--resume` command needs for this hook to continue where it was."""
+        return []
 
 
 def plugin_hooks(settings) -> list[SearchHooks]:

@@ -104,6 +104,19 @@ def prepare_search(settings, hooks) -> None:
         check_local_devices(settings)
     for hook in hooks:
         hook.validate(settings)
+    check_model(settings)  # last: it imports torch + timm
+
+
+def check_model(settings) -> None:
+    """The base config's model builds, as `python -m trainable` checks before it writes: an unknown
+    --backbone, a --pretrained-path that is not a weights file or weights that are neither cached
+    nor downloadable would otherwise fail every trial after Ray started. Costs the driver the
+    torch + timm import (seconds; a search takes hours). On a cluster (--address) only the
+    backbone is checked: the nodes, not this machine, hold the weights."""
+    from trainable.models import build_model
+
+    base = settings.base
+    build_model(base if settings.address is None else base.replace(pretrained=False, pretrained_path=None))
 
 
 def check_local_devices(settings) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import sys
 import time
@@ -83,13 +84,20 @@ def run_search(settings, hooks=None) -> int:
                 ray.shutdown()
     if outcome == "interrupted":
         print(f"\nSearch {settings.name} interrupted; its state is saved. Continue it with:\n"
-              f"  python run_search.py --resume {settings.name} --storage-path {settings.storage_path}",
-              flush=True)
+              f"  {resume_command(settings, hooks)}", flush=True)
         return INTERRUPTED_EXIT
     print("\n" + format_report(context.summary, records, settings.base), flush=True)
     print(f"Export the best config: python run_search.py export --experiment {settings.name} "
           f"--storage-path {settings.storage_path} --out best.yaml", flush=True)
     return 0
+
+
+def resume_command(settings, hooks) -> str:
+    """The exact command that continues this search (hooks add what they need, e.g. the MLflow store)."""
+    command = ["python", "run_search.py", "--resume", settings.name, "--storage-path", settings.storage_path]
+    for hook in hooks:
+        command += list(getattr(hook, "resume_flags", lambda: [])())
+    return shlex.join(command)
 
 
 def connect(settings) -> bool:

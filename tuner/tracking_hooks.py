@@ -70,6 +70,12 @@ class MlflowSearchHooks(SearchHooks):
         tracking.finish_parent_run(self.client, self.parent, STATUS.get(outcome, "FAILED"))
         print(tracking.where_to_look(self.uri, self.experiment_id, self.parent), flush=True)
 
+    def resume_flags(self) -> list[str]:
+        # The store as resolved (absolute): the printed --resume command logs to the same
+        # parent run from any directory, whatever --mlflow-uri / $MLFLOW_TRACKING_URI said.
+        flags = ["--mlflow-uri", self.uri] if self.uri else []
+        return flags + (["--mlflow-experiment", self.experiment] if self.experiment != "croptune" else [])
+
     def _log_artifacts(self, context) -> None:
         from tuner.tracking_artifacts import (
             log_best_trial_artifacts,
