@@ -9,3 +9,52 @@ def croptune_cache(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.mktemp("croptune-cache")
     monkeypatch.setenv("CROPTUNE_CACHE_DIR", str(cache))
     return cache
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_ui(tmp_path_factory):
+    """One MLflow server for the whole test session, started the way users start it
+    (`run_search.py ui` -> ui_main, which runs `mlflow server --backend-store-uri sqlite:///...`
+    on 127.0.0.1). Started, not yet awaited: `mlflow_server` waits for it (so a module can
+    start Ray meanwhile). Tests share it: use an experiment name of your own."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    code = "import sys; from tuner.tracking import ui_main; sys.exit(ui_main(sys.argv[1:]))"
+    with open(root / "server.log", "wb") as log:
+        ui = subprocess.Popen([sys.executable, "-c", code, "--port", str(port), "--mlflow-uri", uri],
+                              cwd=root, stdout=subprocess.PIPE, stderr=log, text=True)
+    yield {"process": ui, "port": port, "log": root / "server.log", "root": root, "uri": uri}
+    ui.send_signal(signal.SIGINT)  # Ctrl-C: ui_main stops the server and its helpers
+    ui.wait(timeout=30)
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "the MLflow server outlived `ui`"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_ui):
+    """The session's MLflow server once it answers: {"url", "printed" (what `ui` printed), ...}."""
+    import time
+
+    ui, lines = mlflow_ui["process"], []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and ui.poll() is None:
+        line = ui.stdout.readline()
+        lines.append(line)
+        if line.strip().startswith("http://"):
+            break
+    assert ui.poll() is None, f"ui exited: {''.join(lines)} {mlflow_ui['log'].read_text()[-2000:]}"
+    return {"url": f"http://127.0.0.1:{mlflow_ui['port']}", "printed": "".join(lines), **mlflow_ui}

@@ -73,7 +73,8 @@ def test_search_runs_on_an_existing_cluster(head_node, tmp_path):
         flags += ["--" + key.replace("_", "-"), str(value)]
     flags += ["--backbone", "test_resnet", "--no-pretrained", "--image-size", "32", "--progressive-image-size", "40",
               "--batch-size", "32", "--epochs", "2", "--num-workers", "0", "--device", "cpu", "--space", "optim",
-              "--num-samples", "2", "--storage-path", str(storage), "--name", "cluster", "--address", address]
+              "--num-samples", "2", "--storage-path", str(storage), "--name", "cluster", "--address", address,
+              "--no-mlflow"]  # tracking is tested in test_tracking*.py
     env = {**env, "CROPTUNE_CACHE_DIR": str(tmp_path / "cache")}
     proc = subprocess.run([sys.executable, str(REPO / "run_search.py"), *flags], capture_output=True, text=True,
                           cwd=tmp_path, env=env, timeout=400)

@@ -1,8 +1,8 @@
 """MLflow tracking against a real `mlflow server` (sqlite backend), driven by a real Tune run.
 
-One server for the module, started the way users start it (`run_search.py ui` -> ui_main),
-and one Ray session. The toy search has four trials run one at a time so ASHA is
-deterministic: `good` runs all epochs, `weak` is stopped by ASHA at the first rung,
+One server for the test session (tests/conftest.py), started the way users start it
+(`run_search.py ui` -> ui_main), and one Ray session. The toy search has four trials run one
+at a time so ASHA is deterministic: `good` runs all epochs, `weak` is stopped by ASHA at the first rung,
 `diverge` raises DivergedError, `flaky` crashes once and is retried.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import signal
 import socket
 import subprocess
 import sys
@@ -39,38 +38,14 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ui_process(tmp_path_factory):
-    """`ui_main` in a subprocess: it runs `mlflow server --backend-store-uri sqlite:///...`."""
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    code = "import sys; from tuner.tracking import ui_main; sys.exit(ui_main(sys.argv[1:]))"
-    with open(root / "server.log", "wb") as log:
-        ui = subprocess.Popen([sys.executable, "-c", code, "--port", str(port), "--mlflow-uri", uri],
-                              cwd=root, stdout=subprocess.PIPE, stderr=log, text=True)
-    yield {"process": ui, "port": port, "log": root / "server.log", "root": root}
-    ui.send_signal(signal.SIGINT)  # Ctrl-C: ui_main stops the server and its helpers
-    ui.wait(timeout=30)
-    with socket.socket() as probe:
-        assert probe.connect_ex(("127.0.0.1", port)) != 0, "the MLflow server outlived `ui`"
+def server(ray_session, mlflow_server):
+    """The session's MLflow server (tests/conftest.py: `run_search.py ui` in a subprocess);
+    Ray starts while it comes up."""
+    return mlflow_server
 
 
 @pytest.fixture(scope="module")
-def server(ui_process, ray_session):
-    """The UI's server once it answers (its start overlaps with Ray's)."""
-    ui, lines = ui_process["process"], []
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and ui.poll() is None:
-        line = ui.stdout.readline()
-        lines.append(line)
-        if line.strip().startswith("http://"):
-            break
-    assert ui.poll() is None, f"ui exited: {''.join(lines)} {ui_process['log'].read_text()[-2000:]}"
-    return {"url": f"http://127.0.0.1:{ui_process['port']}", "printed": "".join(lines), **ui_process}
-
-
-@pytest.fixture(scope="module")
-def ray_session(ui_process):
+def ray_session(mlflow_ui):
     import ray
 
     # Workers cannot import this test module by name: ship its functions by value.
