@@ -173,6 +173,7 @@ def test_retrain_is_logged_under_its_search(retrained, searched):
     assert run.info.status == "FINISHED"
     assert run.data.tags[SEARCH_PARENT_TAG] == run.data.tags["mlflow.parentRunId"] == parent_id
     assert run.data.tags[SOURCE_TRIAL_RUN_TAG] == best_run
+    assert run.data.tags["croptune.source_trial_score"].startswith("macro_f1 = ")
     assert run.data.params["epochs"] == str(EPOCHS) and run.data.params["save_dir"] == str(retrained["save_dir"])
     assert [m.step for m in client.get_metric_history(run.info.run_id, "macro_f1")] == [1, 2]
     assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} == {

@@ -37,6 +37,7 @@ from tuner import tracking
 SEARCH_PARENT_TAG = "croptune.search_parent_run_id"
 SOURCE_TRIAL_TAG = "croptune.source_trial"
 SOURCE_TRIAL_RUN_TAG = "croptune.source_trial_run_id"
+SOURCE_METRIC_TAG = "croptune.source_trial_score"
 CHECKPOINT_FILES = ("best_custom.pth", "last.pth", "config.yaml")
 MODEL_NAME = "model"
 _HEADER = re.compile(r"#\s*(experiment|trial|metric):\s*(.+?)\s*$")
@@ -172,6 +173,8 @@ class RetrainRun:
         tags = {tracking.SEARCH_TAG: search}
         if origin.get("trial"):
             tags[SOURCE_TRIAL_TAG] = origin["trial"]
+        if origin.get("metric"):
+            tags[SOURCE_METRIC_TAG] = origin["metric"]  # e.g. "macro_f1 = 0.41 (max)": what to compare with
         parent = tracking.find_parent_run(self.client, self.experiment_id, search)
         if parent is None:
             print(f"note: no search {search!r} in MLflow experiment {self.experiment!r}; the retrain run "
