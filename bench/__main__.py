@@ -4,4 +4,5 @@ import sys
 
 from bench.run import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a forkserver / spawn child re-imports the main module
+    sys.exit(main())

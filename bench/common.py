@@ -132,9 +132,11 @@ PROFILES: dict[str, dict] = {
 
 # ---------------------------------------------------------------------------------- data
 def demo_root() -> Path:
+    import io
+
     from trainable.demo_data import ensure_demo_dataset
 
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(io.StringIO()):  # its "demo data: PATH" line
         return ensure_demo_dataset(seed=0)
 
 
@@ -414,12 +416,14 @@ def _by_name(rss_kib: dict[int, int]) -> dict[str, float]:
     return dict(sorted(out.items(), key=lambda item: -item[1]))
 
 
-def launch(argv: list[str], log_path: Path, cwd: Path | None = None, env: dict | None = None) -> subprocess.Popen:
+def launch(argv: list[str], log_path: Path, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start argv in cwd (a scratch dir: an MLflow store or checkpoints it writes land there)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    Path(cwd).mkdir(parents=True, exist_ok=True)
     log = open(log_path, "w")
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(argv, cwd=cwd or REPO, stdout=log, stderr=subprocess.STDOUT, env=full_env,
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=full_env,
                             start_new_session=True)
     proc._bench_log = log  # closed in finish()
     return proc

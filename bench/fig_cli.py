@@ -124,7 +124,7 @@ def _help_times(runs: int) -> list[float]:
     times = []
     for _ in range(runs):
         started = time.perf_counter()
-        proc = launch([PYTHON, RUN_SEARCH, "--help"], Path(os.devnull))
+        proc = launch([PYTHON, RUN_SEARCH, "--help"], Path(os.devnull), cwd=REPO)
         finish(proc, timeout=120)
         times.append(time.perf_counter() - started)
     return times

@@ -3,8 +3,8 @@
 - trial: a one-trial search through `tuner.search.run_search` with --gpus-per-trial 1 (the
   real trainable, so fit() with its AMP, channels_last, pinned copies and batched GPU
   augmentation), on the demo images decoded at 224 px, listed several times so an epoch lasts
-  a few seconds. Stage 2 from epoch 1 and stage 3 from epoch 2, so every epoch after the first
-  trains the whole network; images/s is fit()'s `train_images_per_s` (train phase only),
+  a few seconds. Stage 2 (partial unfreeze) in epoch 1 and stage 3 from epoch 2, so every epoch
+  after the first trains the whole network; images/s is fit()'s `train_images_per_s` (train phase only),
   median over epochs 2..;
 - bare: timm.create_model("resnet50") + AdamW + GradScaler + autocast(fp16), channels_last,
   on a random batch already on the GPU (no input pipeline at all): the ceiling. Timed twice:
@@ -92,7 +92,8 @@ def bare_timm(*, steps: int, benchmark: bool, device: str = "cuda", model: str =
             "cudnn_benchmark": benchmark}
 
 
-def trial_flags(ctx: Context, images: int, epochs: int, device_flags: list[str]) -> list[str]:
+def trial_flags(ctx: Context, images: int, epochs: int, device_flags: list[str], *, model: str = MODEL,
+                size: int = SIZE, batch: int = BATCH) -> list[str]:
     from bench.common import demo_root
     from trainable.demo_data import layout_paths
 
@@ -100,12 +101,22 @@ def trial_flags(ctx: Context, images: int, epochs: int, device_flags: list[str])
     repeat = max(1, -(-images // train_count))
     paths = bench_dataset({"fraction": 1.0, "val_per_class": 10, "repeat": repeat})
     cpus = os.cpu_count() or 1
-    return config_flags(paths, (SIZE, SIZE), epochs) + [
-        "--backbone", MODEL, "--no-pretrained", "--batch-size", str(BATCH), "--stage2-epoch", "1",
-        "--stage3-epoch", "2", "--num-workers", str(min(8, cpus)), "--space", "bench.fig_cuda:fixed_space",
+    return config_flags(paths, (size, size), epochs) + [
+        "--backbone", model, "--no-pretrained", "--batch-size", str(batch), "--stage2-epoch", "0",
+        "--stage3-epoch", "1", "--num-workers", str(min(8, cpus)), "--space", "bench.fig_cuda:fixed_space",
         "--num-samples", "1", "--grace-period", str(epochs), "--max-concurrent", "1",
         "--cpus-per-trial", str(min(8, cpus)), *device_flags,
         "--storage-path", str(ctx.storage)]
+
+
+def trial_results(ctx: Context, images: int, epochs: int, device_flags: list[str], **model) -> list[dict]:
+    """The per-epoch results of the one-trial search (fit() under Tune) on `images` per epoch."""
+    name = f"g1-{ctx.run_id}"
+    flags = trial_flags(ctx, images, epochs, device_flags, **model) + ["--name", name]
+    ensure_ray(ctx.log("ray"))
+    summary = run_search_inprocess(flags, ctx.log(name))
+    (rows,) = summary["trial_results"].values()
+    return rows
 
 
 def run(ctx: Context) -> FigureResult:
@@ -116,12 +127,8 @@ def run(ctx: Context) -> FigureResult:
         return fig
     import torch
 
-    name = f"g1-{ctx.run_id}"
-    flags = trial_flags(ctx, prof["images"], prof["epochs"], ["--gpus-per-trial", "1"]) + ["--name", name]
-    ensure_ray(ctx.log("ray"))
     say(f"G1: {MODEL} trial on the GPU, {prof['epochs']} epochs of ~{prof['images']} images")
-    summary = run_search_inprocess(flags, ctx.log(name))
-    (rows,) = summary["trial_results"].values()
+    rows = trial_results(ctx, prof["images"], prof["epochs"], ["--gpus-per-trial", "1"])
     trial_ips = median([r["train_images_per_s"] for r in rows[1:]])
     wait = median([r["data_wait_frac"] for r in rows[1:]])
     say("G1: bare timm loop (cudnn.benchmark, then deterministic)")

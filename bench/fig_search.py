@@ -187,7 +187,8 @@ def _retrain(ctx: Context, argv: list[str], save_dir: Path, label: str) -> dict:
 
     say(f"P4: retrain, {label}")
     started = time.perf_counter()
-    proc = launch([PYTHON, *argv, "--save-dir", str(save_dir), "--save-freq", "0"], ctx.log(f"p4-{label}"))
+    proc = launch([PYTHON, *argv, "--save-dir", str(save_dir), "--save-freq", "0"], ctx.log(f"p4-{label}"),
+                  cwd=ctx.work / "cwd" / "p4")
     code = finish(proc, timeout=4 * 3600)
     if code != 0:
         raise RuntimeError(f"retrain {label} exited {code}; see {ctx.log(f'p4-{label}')}")
@@ -195,6 +196,13 @@ def _retrain(ctx: Context, argv: list[str], save_dir: Path, label: str) -> dict:
     return {"macro_f1": state["macro_f1"], "tail_acc": state["tail_mean_acc"], "val_acc": state["val_acc"],
             "best_val_acc": state["best_val_acc"], "wall_s": time.perf_counter() - started,
             "epochs": state["epoch"]}
+
+
+def _help_text(argv: list[str]) -> str:
+    import subprocess
+
+    done = subprocess.run([PYTHON, *argv, "--help"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    return done.stdout
 
 
 def run_p4(ctx: Context) -> FigureResult:
@@ -210,15 +218,17 @@ def run_p4(ctx: Context) -> FigureResult:
     storage, name = result["storage_path"], result["experiment"]
     best_yaml = ctx.work / "p4-best.yaml"
     proc = launch([PYTHON, str(REPO / "run_search.py"), "export", "--experiment", name, "--storage-path", storage,
-                   "--out", str(best_yaml)], ctx.log("p4-export"))
+                   "--out", str(best_yaml)], ctx.log("p4-export"), cwd=ctx.work / "cwd" / "p4")
     if finish(proc, timeout=300) != 0:
         raise RuntimeError(f"export failed; see {ctx.log('p4-export')}")
     if result.get("scaled"):
         seed_argv = ["-m", "trainable", *config_flags(bench_dataset(prof["data"]), prof["size"], prof["epochs"])]
     else:
         seed_argv = ["-m", "trainable", "--demo"]
-    exported = _retrain(ctx, [str(REPO / "run_search.py"), "retrain", "--config", str(best_yaml)],
-                        ctx.work / "p4-retrain-best", "exported")
+    retrain = [str(REPO / "run_search.py"), "retrain", "--config", str(best_yaml)]
+    if "--no-mlflow" in _help_text(retrain):  # the figure is the model's quality, not tracking's
+        retrain.append("--no-mlflow")
+    exported = _retrain(ctx, retrain, ctx.work / "p4-retrain-best", "exported")
     seed = _retrain(ctx, seed_argv, ctx.work / "p4-retrain-seed", "seed-defaults")
     fig.raw = {"search": result, "exported": exported, "seed_defaults": seed,
                "best_yaml": best_yaml.read_text() if best_yaml.is_file() else None}
