@@ -53,11 +53,13 @@ from fault_helpers import (
 from test_search_e2e import EPOCHS, tiny_flags
 from test_train_cli_bad_input import corrupt_first_image, delete_first_image, edit_train_csv, replace_row
 
+import search_spaces
 from trainable.checkpoint import load_checkpoint
+from trainable.config import TrainConfig
 from trainable.demo_data import layout_paths, write_synthetic_dataset
 from trainable.errors import UserError
 from trainable.tune_entry import CHECKPOINT_FILE, FAULT_DIR_ENV
-from tuner.experiment import META_FILE, SUMMARY_FILE, load_study
+from tuner.experiment import BASE_CONFIG_FILE, META_FILE, SUMMARY_FILE, load_study
 
 RUN_SEARCH = str(REPO / "run_search.py")
 DIVERGING_LR = 1e12  # AdamW with this LR makes the training loss NaN within the first epoch
@@ -366,8 +368,11 @@ def test_sigterm_then_ctrl_c_then_resume_completes_the_search(dataset, tmp_path)
     study = load_study(experiment)
     assert [t.number for t in study.trials] == [0, 1]
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    base = TrainConfig.from_dict(json_file(experiment / BASE_CONFIG_FILE))
+    assert study.trials[0].params == search_spaces.seed_defaults(base, "stage_epochs")
     for ot_trial, tune_trial in zip(study.trials, trials, strict=True):
-        assert {k: tune_trial.config[k] for k in ot_trial.params} == ot_trial.params
+        overrides = search_spaces.overrides_from_params("stage_epochs", ot_trial.params, base)
+        assert {k: tune_trial.config[k] for k in overrides} == overrides
     assert [s["outcome"] for s in json_file(experiment / META_FILE)["sessions"]] == \
         ["interrupted", "interrupted", "finished"]
     # MLflow: the same parent run, reopened and finished; one child run per trial, no epoch twice

@@ -69,7 +69,8 @@ def run_search(settings, hooks=None) -> int:
         context.results = results
         context.study = _final_study(context)
         records = trial_records(_trials(results, context.experiment_path), settings.base, settings.metric)
-        outcome = "interrupted" if _interrupted(settings, records, started) else "finished"
+        interrupted = _interrupted(settings, records, started, context.experiment_path)
+        outcome = "interrupted" if interrupted else "finished"
     finally:
         wall = record_session(settings.storage_path, settings.name, time.time() - started, outcome)
         try:
@@ -219,11 +220,26 @@ def _final_study(context: SearchContext):
     return study
 
 
-def _interrupted(settings, records, started: float) -> bool:
+def _interrupted(settings, records, started: float, experiment_path: str) -> bool:
     if any(r.unfinished for r in records):
         return True
     budget_spent = settings.time_budget_s is not None and time.time() - started >= settings.time_budget_s * 0.95
-    return len(records) < settings.num_samples and not budget_spent
+    if budget_spent:
+        return False
+    return len(records) < settings.num_samples or _unfinished_in_saved_state(experiment_path)
+
+
+def _unfinished_in_saved_state(experiment_path: str) -> bool:
+    """Tune's last saved state has a trial still running: the search was stopped (Ctrl-C, SIGTERM)
+    mid-trial. After such a stop the live Trial objects read TERMINATED, so a stop during the last
+    trials would otherwise pass for a finished search whose running trials "stopped early"."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        trials = ExperimentAnalysis(experiment_path).trials
+    except Exception:  # no readable state: the live records are all there is
+        return False
+    return any(str(trial.status) not in ("TERMINATED", "ERROR") for trial in trials)
 
 
 @contextlib.contextmanager
