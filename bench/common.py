@@ -99,23 +99,24 @@ PROFILES: dict[str, dict] = {
         "memory": {"data": {"fraction": 0.06, "val_per_class": 1}, "size": (32, 40), "trials": 4},
         "cli": {"help_runs": 3, "first_result": True, "first_result_data": {"fraction": 0.06, "val_per_class": 1},
                 "e2e": "projected"},
-        "cuda": {"images": 512, "epochs": 2, "bare_steps": 20},
+        "cuda": {"images": 2048, "epochs": 2, "bare_steps": 20},
     },
     "default": {
-        # P1 + images/s: the demo recipe (64/72 px) on a third of the demo data, 4 epochs, A-B-A.
-        "loop": {"data": {"fraction": 0.33, "val_per_class": 4}, "size": None, "epochs": 4, "aba": True},
+        # P1 + T1: the demo recipe (64/72 px) on a quarter of the demo data, 4 epochs, bare-Tune-bare.
+        "loop": {"data": {"fraction": 0.25, "val_per_class": 4}, "size": None, "epochs": 4, "aba": True},
         "input": {"images": None, "jpeg_images": 384, "batch": 64},
-        # P3 + growth: 6 trials x 6 epochs (ASHA grace 1, rf 3 -> rungs 1, 3) at 32/40 px on 15 % of the
-        # demo train images, 3 search seeds; growth: 2/4/8 trials with the same settings (seed 0).
-        "search": {"data": {"fraction": 0.15, "val_per_class": 3}, "size": (32, 40), "trials": 6, "epochs": 6,
+        # P3 + T2: 8 trials x 6 epochs (ASHA grace 1, rf 3: rungs at epochs 1 and 3) at 32/40 px on 10 %
+        # of the demo train images (>= 1 per class), 2 val images per class, 3 search seeds;
+        # T2: 2 / 4 / 8 trials with the same settings (seed 0; 8 is P3's run).
+        "search": {"data": {"fraction": 0.1, "val_per_class": 2}, "size": (32, 40), "trials": 8, "epochs": 6,
                    "grace": 1, "rf": 3, "seeds": (0, 1, 2), "scaling": (2, 4, 8)},
-        # P4 / P6 e2e: the demo search's own settings (20 trials, 12 epochs, grace 12//5 = 2, rf 3) at
-        # the P3 data size; epochs are counted exactly, wall time is projected to the demo data.
-        "demo_search": {"data": {"fraction": 0.15, "val_per_class": 3}, "size": (32, 40), "trials": 20,
+        # P4 / P6 end to end: the demo search's own settings (20 trials, 12 epochs, grace 12 // 5 = 2,
+        # rf 3) on the P3 data: its epochs are counted exactly; its wall time is projected (P6).
+        "demo_search": {"data": {"fraction": 0.1, "val_per_class": 2}, "size": (32, 40), "trials": 20,
                         "epochs": 12, "grace": None, "rf": 3},
-        "memory": {"data": None, "size": None, "trials": 4},
+        "memory": {"data": {"fraction": 0.25, "val_per_class": 4}, "size": None, "trials": 4},
         "cli": {"help_runs": 5, "first_result": True, "first_result_data": None, "e2e": "projected"},
-        "cuda": {"images": 2048, "epochs": 3, "bare_steps": 60},
+        "cuda": {"images": 8192, "epochs": 3, "bare_steps": 60},
     },
     "full": {
         "loop": {"data": None, "size": None, "epochs": 5, "aba": True},
@@ -125,7 +126,7 @@ PROFILES: dict[str, dict] = {
         "demo_search": {"data": None, "size": None, "trials": 20, "epochs": 12, "grace": None, "rf": 3},
         "memory": {"data": None, "size": None, "trials": 4},
         "cli": {"help_runs": 5, "first_result": True, "first_result_data": None, "e2e": "real"},
-        "cuda": {"images": 4096, "epochs": 4, "bare_steps": 100},
+        "cuda": {"images": 16384, "epochs": 4, "bare_steps": 100},
     },
 }
 

@@ -142,6 +142,9 @@ def run(ctx: Context) -> FigureResult:
             f"{ratio:.2f}× ({fmt(trial_ips)} vs {fmt(fast['images_per_s'])} img/s)", "≥ 0.9×", ratio >= 0.9)
     fig.add("  bare timm loop with cudnn.deterministic (as fit() sets)", f"{fmt(exact['images_per_s'])} img/s",
             note=f"trial / this = {trial_ips / exact['images_per_s']:.2f}×")
+    outside = median([r["time_this_iter_s"] - r["epoch_time_s"] for r in rows[1:]])
+    fig.add("  Tune's time per epoch outside fit() (checkpoint of model + optimizer, report)",
+            f"{outside:.2f} s per epoch of {fmt(median([r['epoch_time_s'] for r in rows[1:]]))} s")
     fig.add("data wait in fit() on the GPU (median over epochs 2..)", f"{100 * wait:.2f} %", "< 5 %",
             wait < 0.05).id = "G2"
     return fig

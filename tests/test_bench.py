@@ -111,3 +111,22 @@ def test_stats_helpers():
     mean, std = common.mean_std([1.0, 3.0])
     assert mean == 2.0 and np.isclose(std, np.sqrt(2))
     assert common.fmt(float("nan")) == "n/a" and common.fmt_s(75) == "1 min 15 s"
+
+
+def test_end_to_end_projection_uses_p1_p4_p6(tiny_demo):
+    from bench import fig_cli
+
+    ctx = common.Context(mode="default", run_id="t")
+    fig = FigureResult("P6", "x")
+    fig_cli.project_e2e(ctx, fig)
+    assert not fig.rows  # nothing to project from yet
+    ctx.shared.update({
+        "demo_search": {"scaled": True, "epochs_consumed": 50},
+        "p1": {"train_images": 10, "val_images": 5, "tune_time_this_iter_s": [9.0, 3.0, 3.0]},
+        "p6_first": {"startup_s": 10.0},
+    })
+    fig_cli.project_e2e(ctx, fig)
+    (row,) = fig.rows
+    images = sum(1 for s in ("train", "val") for _ in open(layout_paths(tiny_demo)[f"{s}_meta"])) - 2
+    assert fig.raw["e2e_projection"]["seconds"] == 10.0 + 50 * 3.0 * images / 15
+    assert row.passed == (fig.raw["e2e_projection"]["seconds"] <= 600)
