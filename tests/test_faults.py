@@ -188,6 +188,13 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+def _symlinked_row(root: Path, tmp: Path) -> None:
+    """A row naming a file inside train/ that is a symlink to a file outside the data root."""
+    outside = _write(tmp / "secret.txt", "outside the data root")
+    (Path(layout_paths(root)["train_dir"]) / "leaf.png").symlink_to(outside)
+    edit_train_csv(root, lambda lines: replace_row(lines, "image", "leaf.png"))
+
+
 def _not_a_resumable_search(storage: Path) -> list[str]:
     (storage / "stray").mkdir(parents=True)
     (storage / "stray" / "notes.txt").write_text("not a search")
@@ -204,6 +211,7 @@ BAD_SEARCH_INPUT = {
         lambda root, tmp: edit_train_csv(root, lambda ls: replace_row(ls, "image", "../../etc/passwd")), "stay inside"),
     "absolute path outside the data root": (
         lambda root, tmp: edit_train_csv(root, lambda ls: replace_row(ls, "image", "/etc/passwd")), "stay inside"),
+    "symlink out of the data root": (lambda root, tmp: _symlinked_row(root, tmp), "stay inside"),
     "malformed space yaml": (
         lambda root, tmp: ["--space", str(_write(tmp / "space.yaml", "lr: {type: float, low: 1\n"))], "not valid YAML"),
     "unknown backbone": (lambda root, tmp: ["--backbone", "resnet_does_not_exist"], "unknown --backbone"),
