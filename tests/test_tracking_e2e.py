@@ -202,8 +202,12 @@ def test_retrained_model_is_the_last_epochs_ema_and_runs_on_a_batch(retrained, s
     run = retrained["run"]
     model_uri = run.data.tags["model_uri"]
     assert f"model: {model_uri}" in retrained["proc"].stdout
-    mlflow.set_tracking_uri(searched["url"])
-    model = mlflow.pytorch.load_model(model_uri)
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(searched["url"])  # models:/ URIs resolve through the tracking server
+    try:
+        model = mlflow.pytorch.load_model(model_uri)
+    finally:
+        mlflow.set_tracking_uri(previous)  # it also exported $MLFLOW_TRACKING_URI: keep later tests clean
     cfg = TrainConfig.from_dict(read_yaml_config(str(retrained["save_dir"] / "config.yaml")))
     assert cfg.use_ema
     val = load_data(cfg, progress=False).val
