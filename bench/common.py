@@ -219,7 +219,9 @@ def train_config(paths: dict, size: tuple[int, int] | None, epochs: int | None =
     ns = build_parser().parse_args(config_flags(paths, size, epochs))
     for key, value in extra.items():
         setattr(ns, key, value)
-    with contextlib.redirect_stdout(sys.stderr):
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the demo dataset's "demo data: PATH" line
         return resolve_config(ns)
 
 

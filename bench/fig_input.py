@@ -274,7 +274,7 @@ def _loop_wait(ctx: Context, fig: FigureResult) -> dict | None:
     from trainable.augment import train_augment
 
     generator = torch.Generator().manual_seed(1)
-    batch = torch.from_numpy(np.ascontiguousarray(data.train.images[:cfg.batch_size]))
+    batch = torch.from_numpy(np.array(data.train.images[:cfg.batch_size]))  # a writable copy
     train_augment(batch, cfg.image_size, light=False, generator=generator)  # warm-up
     t0 = time.perf_counter()
     reps = 5

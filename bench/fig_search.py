@@ -76,9 +76,20 @@ def search(ctx: Context, prof: dict, *, trials: int, seed: int, arm: str, tag: s
                                    "num_failed", "wall_time_s", "bench_wall_s", "best_trial_id", "experiment",
                                    "storage_path", "best_config")}
     out["best_any_epoch"] = best_any
+    out["tied_at_first_rung"] = _tied(summary["trial_results"], grace or max(1, epochs // 5), summary["metric"])
     say(f"{tag}: {arm} seed {seed}: {out['epochs_consumed']} epochs, best {fmt(out['best_value'])}, "
         f"{fmt_s(out['bench_wall_s'])}")
     return out
+
+
+def _tied(trial_results: dict, epoch: int, metric: str) -> int:
+    """Trials whose score at `epoch` equals another trial's there (e.g. clones before their first switch)."""
+    from collections import Counter
+
+    scores = [next((r.get(metric) for r in rows if r.get("epoch") == epoch), None)
+              for rows in trial_results.values()]
+    counts = Counter(round(s, 12) for s in scores if s is not None)
+    return sum(n for n in counts.values() if n > 1)
 
 
 def _sizing(prof: dict, data: dict) -> dict:
@@ -126,6 +137,13 @@ def run_p3(ctx: Context) -> FigureResult:
             note=f"gap {gap:+.4f}, pooled seed std {noise:.4f}" + ("" if enough else "; < 3 seeds: no verdict"))
     fig.add("  search wall time, ASHA+TPE vs FIFO random",
             f"{fmt_s(walls['asha'][0])} vs {fmt_s(walls['fifo'][0])}")
+    stopped = sum(r["num_stopped_early"] for r in runs["asha"])
+    tied = sum(r["tied_at_first_rung"] for r in runs["asha"])
+    total = sum(r["num_trials"] for r in runs["asha"])
+    grace = prof.get("grace") or max(1, prof["epochs"] // 5)
+    fig.add(f"  ASHA trials stopped early; trials whose epoch-{grace} score ties another's",
+            f"{stopped} of {total}; {tied} of {total}",
+            note="ASHA stops a trial only below the rung's cutoff: tied trials all go on")
     return fig
 
 
@@ -215,6 +233,10 @@ def run_p4(ctx: Context) -> FigureResult:
     cost = result["epochs_consumed"] / per_training
     fig.add(f"demo search epochs / one full training ({result['num_trials']} trials)",
             f"{cost:.2f}× ({result['epochs_consumed']} / {per_training} epochs)", "≤ 3×", cost <= 3)
+    if "tied_at_first_rung" in result:
+        fig.add("  trials stopped early by ASHA; trials tied at its first rung",
+                f"{result['num_stopped_early']} of {result['num_trials']}; "
+                f"{result['tied_at_first_rung']} of {result['num_trials']}")
     storage, name = result["storage_path"], result["experiment"]
     best_yaml = ctx.work / "p4-best.yaml"
     proc = launch([PYTHON, str(REPO / "run_search.py"), "export", "--experiment", name, "--storage-path", storage,

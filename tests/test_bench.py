@@ -130,3 +130,10 @@ def test_end_to_end_projection_uses_p1_p4_p6(tiny_demo):
     images = sum(1 for s in ("train", "val") for _ in open(layout_paths(tiny_demo)[f"{s}_meta"])) - 2
     assert fig.raw["e2e_projection"]["seconds"] == 10.0 + 50 * 3.0 * images / 15
     assert row.passed == (fig.raw["e2e_projection"]["seconds"] <= 600)
+
+
+def test_ties_at_the_first_rung_are_counted():
+    results = {"a": [{"epoch": 1, "macro_f1": 0.1}, {"epoch": 2, "macro_f1": 0.3}],
+               "b": [{"epoch": 1, "macro_f1": 0.1}], "c": [{"epoch": 1, "macro_f1": 0.2}], "d": []}
+    assert fig_search._tied(results, 1, "macro_f1") == 2
+    assert fig_search._tied(results, 2, "macro_f1") == 0
