@@ -62,6 +62,7 @@ from trainable.tune_entry import CHECKPOINT_FILE, FAULT_DIR_ENV
 from tuner.experiment import BASE_CONFIG_FILE, META_FILE, SUMMARY_FILE, load_study
 
 RUN_SEARCH = str(REPO / "run_search.py")
+LINUX_ONLY = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 DIVERGING_LR = 1e12  # AdamW with this LR makes the training loss NaN within the first epoch
 
 
@@ -145,6 +146,7 @@ def test_safe_yaml_and_numpy_loading_only():
     assert not bad, "\n".join(bad)
 
 
+@LINUX_ONLY
 def test_safe_mlflow_ui_listens_on_loopback_only(mlflow_server):
     """The session's MLflow UI (conftest: `ui` with no --host, the way users start it) listens on
     127.0.0.1 only, as the kernel's socket table says."""
@@ -265,6 +267,7 @@ def train_flags(root: Path, save_dir: Path) -> list[str]:
                     "--save-dir", str(save_dir)]
 
 
+@LINUX_ONLY
 def test_kill_mid_checkpoint_write_keeps_the_last_good_one(dataset, tmp_path, capsys):
     """`python -m trainable` SIGKILLed half-way through writing epoch 2's last.pth (the bytes are on
     disk, in the temporary file): last.pth is still epoch 1's, whole, and --resume continues from it."""
