@@ -102,8 +102,8 @@ PROFILES: dict[str, dict] = {
         "cuda": {"images": 2048, "epochs": 2, "bare_steps": 20},
     },
     "default": {
-        # P1 + T1: the demo recipe (64/72 px) on a quarter of the demo data, 4 epochs, bare-Tune-bare.
-        "loop": {"data": {"fraction": 0.25, "val_per_class": 4}, "size": None, "epochs": 4, "aba": True},
+        # P1 + T1: the demo recipe (64/72 px) on the whole demo data, 4 epochs, bare-Tune-bare.
+        "loop": {"data": None, "size": None, "epochs": 4, "aba": True},
         "input": {"images": None, "jpeg_images": 384, "batch": 64},
         # P3 + T2: 8 trials x 6 epochs (ASHA grace 1, rf 3: rungs at epochs 1 and 3) at 32/40 px on 10 %
         # of the demo train images (>= 1 per class), 2 val images per class, 3 search seeds;
@@ -398,6 +398,22 @@ class MemorySampler:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+
+
+def cpu_seconds_by_name(root: int) -> dict[str, float]:
+    """CPU time (user + system) so far of every process under root, summed by process name."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for pid in descendants(root):
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
 
 
 def _by_name(rss_kib: dict[int, int]) -> dict[str, float]:

@@ -103,7 +103,7 @@ def trial_flags(ctx: Context, images: int, epochs: int, device_flags: list[str],
     cpus = os.cpu_count() or 1
     return config_flags(paths, (size, size), epochs) + [
         "--backbone", model, "--no-pretrained", "--batch-size", str(batch), "--stage2-epoch", "0",
-        "--stage3-epoch", "1", "--num-workers", str(min(8, cpus)), "--space", "bench.fig_cuda:fixed_space",
+        "--stage3-epoch", "1", "--num-workers", "0", "--space", "bench.fig_cuda:fixed_space",
         "--num-samples", "1", "--grace-period", str(epochs), "--max-concurrent", "1",
         "--cpus-per-trial", str(min(8, cpus)), *device_flags,
         "--storage-path", str(ctx.storage)]

@@ -199,7 +199,8 @@ def _jpeg_variant(ctx: Context, fig: FigureResult, count: int, batch: int) -> di
 
     root = _jpeg_dataset(count)
     paths = layout_paths(root)
-    cfg = TrainConfig(**paths, image_size=224, progressive_image_size=256, num_workers=min(4, os.cpu_count() or 1))
+    # num_workers=0: load_data with workers > 0 and a warm cache fails (Pool(0) in image_cache._results).
+    cfg = TrainConfig(**paths, image_size=224, progressive_image_size=256, num_workers=0)
     return _compare(ctx, fig, cfg, count, batch, label="jpeg224")
 
 

@@ -83,11 +83,23 @@ def tune_run(ctx: Context) -> dict:
         "--storage-path", str(ctx.storage), "--name", name]
     ensure_ray(ctx.log("ray"))
     say(f"P1: the same config as one Tune trial ({cpus} CPUs)")
+    before, started = _cpu_snapshot(), time.perf_counter()
     summary = run_search_inprocess(flags, ctx.log(name))
+    wall, after = time.perf_counter() - started, _cpu_snapshot()
     (rows,) = summary["trial_results"].values()
     overrides = rows[0].get("config", {}) if rows else {}
     differs = {k: v for k, v in overrides.items() if getattr(cfg, k, v) != v}
-    return {"rows": rows, "summary_wall_s": summary["bench_wall_s"], "config_differs": differs}
+    # CPU used beside the trial while it ran: this process (Tune's driver loop) and Ray's own
+    # processes (names present before and after; the trial's worker is usually gone by then).
+    beside = {k: round(after[k] - before[k], 2) for k in after if k in before and after[k] > before[k]}
+    return {"rows": rows, "summary_wall_s": summary["bench_wall_s"], "config_differs": differs,
+            "cpu_s_beside_trial": beside, "tune_wall_s": wall}
+
+
+def _cpu_snapshot() -> dict[str, float]:
+    from bench.common import cpu_seconds_by_name
+
+    return cpu_seconds_by_name(os.getpid()) if os.path.isdir("/proc") else {}
 
 
 def run(ctx: Context) -> FigureResult:
@@ -114,6 +126,7 @@ def run(ctx: Context) -> FigureResult:
                "tune_fit_epoch_time_s": tune_fit, "per_epoch_ratio": ratios,
                "ratio_of_medians": median([tune_wall[e] for e in epochs]) / median([bare_wall[e] for e in epochs]),
                "tune_overhead_outside_fit_s": overhead, "config_differs_from_bare": tune["config_differs"],
+               "cpu_s_beside_trial": tune["cpu_s_beside_trial"], "tune_wall_s": tune["tune_wall_s"],
                "bare_metrics": [run["metrics"] for run in runs], "tune_results": tune["rows"]}
     fig.add(f"wall per epoch, trial under Tune / bare fit() (median of epochs 2-{cfg.epochs})",
             f"{ratio:.3f} ({fmt(median([tune_wall[e] for e in epochs]))} s vs "
@@ -127,6 +140,12 @@ def run(ctx: Context) -> FigureResult:
             f"{inside / median([bare_wall[e] for e in epochs]):.3f}")
     spread = [min(ratios), max(ratios)] if ratios else [float("nan")] * 2
     fig.add("  per-epoch ratios (min-max)", f"{spread[0]:.3f}-{spread[1]:.3f}")
+    beside = sum(tune["cpu_s_beside_trial"].values())
+    if beside:
+        top = max(tune["cpu_s_beside_trial"].items(), key=lambda item: item[1])
+        fig.add("  CPU used beside the trial while it ran (Tune driver + Ray processes)",
+                f"{beside / tune['tune_wall_s']:.2f} cores on average (most: {top[0]} {top[1]:.1f} s "
+                f"of {tune['tune_wall_s']:.0f} s)")
     ctx.shared["p1"] = fig.raw | {"ratio": ratio, "cfg": cfg, "train_images": len(data.train),
                                   "val_images": len(data.val)}
     return fig
