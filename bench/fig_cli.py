@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -93,6 +94,29 @@ def _dataset_mib(prof: dict) -> float:
     return (data.train.images.nbytes + data.val.images.nbytes) / 2**20
 
 
+TRIAL_PROCESS = "ray::ImplicitFu"  # a Tune function-trainable worker, as /proc/<pid>/comm shows it
+DRIVER_PROCESS = "python run_search.py"
+# What a trial worker imports before it trains (torch, timm, scikit-learn, Ray Tune's pandas).
+TRIAL_IMPORTS = "import trainable.tune_entry, trainable.loop, ray.tune"
+
+
+def _import_floor_mib() -> float:
+    """RSS of a fresh interpreter after a trial's imports alone: the least a trial worker costs."""
+    code = (f"{TRIAL_IMPORTS}\n"
+            "print([int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS:')][0])")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=300, check=True)
+    return int(out.stdout.split()[-1]) / 1024
+
+
+def _split(run: dict, trials: int) -> dict:
+    """RSS at the run's peak: per trial worker, the driver, and everything else (Ray's own processes)."""
+    by_name = run["rss_by_process_mib"]
+    workers = by_name.get(TRIAL_PROCESS, 0.0)
+    driver = by_name.get(DRIVER_PROCESS, 0.0)
+    return {"per_trial": workers / trials, "driver": driver, "rest": run["peak_rss_mib"] - workers - driver}
+
+
 def run_p5(ctx: Context) -> FigureResult:
     prof = ctx.profile["memory"]
     fig = FigureResult("P5", "peak memory, 4 concurrent trials vs 1")
@@ -116,6 +140,18 @@ def run_p5(ctx: Context) -> FigureResult:
     fig.add("  PSS per extra trial vs the decoded dataset (train + val)",
             f"{fmt(extra)} MiB per trial; dataset {fmt(dataset)} MiB",
             note="an extra trial costing less than the dataset means it is shared, not copied")
+    a, b = _split(one, 1), _split(many, prof["trials"])
+    fig.add("  RSS at the peak: per trial worker / driver / Ray's own processes, 1 trial vs "
+            f"{prof['trials']}",
+            f"{fmt(a['per_trial'])} / {fmt(a['driver'])} / {fmt(a['rest'])} vs "
+            f"{fmt(b['per_trial'])} / {fmt(b['driver'])} / {fmt(b['rest'])} MiB")
+    floor = _import_floor_mib()
+    fixed = one["peak_rss_mib"] - a["per_trial"]
+    bound = (fixed + prof["trials"] * floor) / (fixed + floor)
+    fig.raw.update({"split_one": a, "split_many": b, "trial_import_floor_mib": floor, "ratio_bound": bound})
+    fig.add("  RSS of a trial's imports alone (fresh interpreter) and the ratio it bounds",
+            f"{fmt(floor)} MiB; ≥ {bound:.2f}× with the rest as measured",
+            note=f"`{TRIAL_IMPORTS}`: one process per trial, each mapping these")
     return fig
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+from pathlib import Path
 
 from trainable.config import TrainConfig
 from trainable.errors import UserError
@@ -80,8 +82,6 @@ def check_space(space, base: TrainConfig, seed: int = 0) -> None:
 
 def check_dataset(base: TrainConfig) -> None:
     """The data the base config points at (trainable.data.validate_data: no decoding, no writes)."""
-    from pathlib import Path
-
     from trainable.data import validate_data
 
     if not base.demo and not Path(base.train_dir).is_dir():
@@ -93,30 +93,116 @@ def check_dataset(base: TrainConfig) -> None:
 
 def prepare_search(settings, hooks) -> None:
     """Check everything a search needs; raise UserError on the first problem. Writes nothing."""
-    if settings.resume:
-        read_meta(settings.storage_path, settings.name)
-    else:
-        check_new_experiment(settings.storage_path, settings.name)
-    check_dataset(settings.base)
-    if not settings.resume:
-        check_space(settings.space, settings.base, seed=settings.seed)
-    if settings.address is None:
-        check_local_devices(settings)
-    for hook in hooks:
-        hook.validate(settings)
-    check_model(settings)  # last: it imports torch + timm
+    # The model check imports torch + timm (seconds of CPU, ~850 MiB RSS): run it in a child
+    # process beside the other checks, so the driver overlaps them and never holds torch
+    # (the trials import it in their own workers). Its verdict is read last, so the first
+    # problem reported is the same as when the checks ran one after the other.
+    model_check = ModelCheck(settings)
+    try:
+        if settings.resume:
+            read_meta(settings.storage_path, settings.name)
+        else:
+            check_new_experiment(settings.storage_path, settings.name)
+        check_dataset(settings.base)
+        if not settings.resume:
+            check_space(settings.space, settings.base, seed=settings.seed)
+        if settings.address is None:
+            check_local_devices(settings)
+        for hook in hooks:
+            hook.validate(settings)
+    except BaseException:
+        model_check.cancel()
+        raise
+    model_check.result()
+
+
+def model_to_check(settings) -> TrainConfig:
+    """The config whose model the search must be able to build before Ray starts.
+
+    The base config's model builds, as `python -m trainable` checks before it writes: an unknown
+    --backbone, a --pretrained-path that is not a weights file or weights that are neither cached
+    nor downloadable would otherwise fail every trial after Ray started. On a cluster (--address)
+    only the backbone is checked: the nodes, not this machine, hold the weights."""
+    base = settings.base
+    return base if settings.address is None else base.replace(pretrained=False, pretrained_path=None)
 
 
 def check_model(settings) -> None:
-    """The base config's model builds, as `python -m trainable` checks before it writes: an unknown
-    --backbone, a --pretrained-path that is not a weights file or weights that are neither cached
-    nor downloadable would otherwise fail every trial after Ray started. Costs the driver the
-    torch + timm import (seconds; a search takes hours). On a cluster (--address) only the
-    backbone is checked: the nodes, not this machine, hold the weights."""
+    """The model check, in this process (imports torch + timm here)."""
     from trainable.models import build_model
 
-    base = settings.base
-    build_model(base if settings.address is None else base.replace(pretrained=False, pretrained_path=None))
+    build_model(model_to_check(settings))
+
+
+class ModelCheck:
+    """check_model in a child Python process: start() now, result() raises its UserError.
+
+    The child gets the config as JSON on stdin and answers with one marked line on stdout;
+    whatever else it prints (e.g. a weights download) is passed through to this process's
+    stdout/stderr when it ends, as check_model in-process would have shown it.
+    """
+
+    MARK = "croptune-model-check:"
+
+    def __init__(self, settings):
+        import json
+        import subprocess
+        import sys
+
+        root = str(Path(__file__).resolve().parent.parent)  # the child imports tuner/, trainable/ from here
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from tuner.prepare import model_check_main; model_check_main()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+        self.payload = json.dumps(model_to_check(settings).to_dict())
+
+    def cancel(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+    def result(self) -> None:
+        import json
+        import sys
+
+        try:
+            out, err = self.proc.communicate(self.payload)
+        except BaseException:  # Ctrl-C while waiting: do not leave the child behind
+            self.cancel()
+            raise
+        lines = out.splitlines()
+        verdict = json.loads(lines.pop()[len(self.MARK):]) if lines and lines[-1].startswith(self.MARK) else None
+        if lines:
+            print("\n".join(lines), flush=True)
+        if err:
+            sys.stderr.write(err)
+            sys.stderr.flush()
+        if verdict is None:
+            last = err.strip().splitlines()[-1] if err.strip() else f"exit code {self.proc.returncode}"
+            raise RuntimeError(f"the model check (building the base config's model) failed: {last}")
+        if verdict.get("error"):
+            raise UserError(verdict["error"])
+
+
+def model_check_main() -> None:
+    """The child's side of ModelCheck: build the model of the config on stdin."""
+    import json
+    import sys
+
+    from trainable.models import build_model  # first: the import overlaps the parent's other checks
+
+    cfg = TrainConfig.from_dict(json.loads(sys.stdin.read()), source="base config")
+    try:
+        build_model(cfg)
+        verdict = {"error": None}
+    except UserError as exc:
+        verdict = {"error": str(exc)}
+    sys.stdout.flush()
+    print(ModelCheck.MARK + json.dumps(verdict), flush=True)
+    sys.stderr.flush()
+    # Skip the interpreter's teardown of torch + timm (a second or more on a busy machine):
+    # the parent is waiting for this exit, and there is nothing left to flush or close.
+    os._exit(0)
 
 
 def check_local_devices(settings) -> None:
