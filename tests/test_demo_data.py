@@ -31,11 +31,29 @@ def test_default_counts_are_long_tailed():
     counts = demo_data.train_counts(0, demo_data.DEFAULTS["max_per_class"], demo_data.DEFAULTS["min_per_class"])
     assert counts.shape == (61,) and counts.min() >= 1
     assert counts.max() / counts.min() >= 20
-    assert 2000 <= counts.sum() <= 3000
+    assert 4000 <= counts.sum() <= 6000
     # the tail is a seeded shuffle of the classes, not the id order
     assert not np.all(np.diff(counts) <= 0)
-    assert not np.array_equal(counts, demo_data.train_counts(1, 120, 5))
-    np.testing.assert_array_equal(counts, demo_data.train_counts(0, 120, 5))
+    assert not np.array_equal(counts, demo_data.train_counts(1, 250, 12))
+    np.testing.assert_array_equal(counts, demo_data.train_counts(0, 250, 12))
+
+
+def test_default_val_follows_the_train_distribution():
+    counts = demo_data.train_counts(0, demo_data.DEFAULTS["max_per_class"], demo_data.DEFAULTS["min_per_class"])
+    val = demo_data.val_counts_for(counts, None, 0.2)
+    assert val.min() >= demo_data.VAL_MIN
+    np.testing.assert_array_equal(val, np.maximum(demo_data.VAL_MIN, np.round(counts * 0.2)))
+    assert np.corrcoef(counts, val)[0, 1] > 0.99  # head classes have more val images, as in AI Challenger
+    np.testing.assert_array_equal(demo_data.val_counts_for(counts, 3, 0.2), np.full(61, 3))
+
+
+def test_proportional_val_is_written(tmp_path):
+    root = demo_data.write_synthetic_dataset(tmp_path / "p", seed=0, max_per_class=20, min_per_class=1,
+                                             val_fraction=0.5, image_size=20)
+    with open(demo_data.layout_paths(root)["val_meta"], newline="") as handle:
+        labels = [int(r["label_61"]) for r in csv.DictReader(handle)]
+    expected = demo_data.val_counts_for(demo_data.train_counts(0, 20, 1), None, 0.5)
+    np.testing.assert_array_equal(np.bincount(labels, minlength=61), expected)
 
 
 def test_layout_loads_with_load_data(tmp_path):
@@ -68,7 +86,8 @@ def test_images_are_png_of_the_requested_size(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [{"min_per_class": 0}, {"min_per_class": 5, "max_per_class": 4},
-                                 {"val_per_class": 0}, {"image_size": 8}])
+                                 {"val_per_class": 0}, {"val_per_class": None, "val_fraction": 0.0},
+                                 {"image_size": 8}])
 def test_bad_sizes_are_user_errors(tmp_path, bad):
     with pytest.raises(UserError):
         demo_data.write_synthetic_dataset(tmp_path / "x", seed=0, **{**TINY, **bad})
@@ -78,7 +97,7 @@ def test_bad_sizes_are_user_errors(tmp_path, bad):
 def test_ensure_generates_once_and_reuses(croptune_cache, monkeypatch, capsys):
     monkeypatch.setattr(demo_data, "DEFAULTS", TINY)
     path = demo_data.ensure_demo_dataset(seed=1)
-    assert path == croptune_cache / "demo-v2-seed1"
+    assert path == croptune_cache / f"demo-{demo_data.DEMO_VERSION}-seed1"
     assert str(path) in capsys.readouterr().out
     before = files_of(path)
     stamp = (path / "metadata" / "train_metadata.csv").stat().st_mtime_ns
@@ -91,7 +110,7 @@ def test_ensure_generates_once_and_reuses(croptune_cache, monkeypatch, capsys):
     assert str(path) in capsys.readouterr().out
     assert files_of(path) == before
     assert (path / "metadata" / "train_metadata.csv").stat().st_mtime_ns == stamp
-    assert [p.name for p in croptune_cache.iterdir()] == ["demo-v2-seed1"]  # no temp dirs left
+    assert [p.name for p in croptune_cache.iterdir()] == [f"demo-{demo_data.DEMO_VERSION}-seed1"]  # no temp dirs left
 
 
 def test_interrupted_generation_is_never_reused(croptune_cache, monkeypatch):

@@ -76,6 +76,22 @@ def test_seed_defaults_reproduce_the_base(name, epochs):
     assert set(params) == {p for p in search_spaces.get(name).param_names if p in params}
 
 
+@pytest.mark.parametrize("name", BUILTIN)
+def test_seed_defaults_reproduce_the_demo_recipe(name):
+    """`run_search.py --demo`: its first trial is exactly `python -m trainable --demo`
+    (stage 2 at epoch 0, stage 3 at 1, smoothing decays after stage 3)."""
+    from trainable.cli_config import DEMO_RECIPE
+
+    base = seed_base(50)
+    base = TrainConfig.from_dict({**scale_schedule(base.to_dict(), SEED_EPOCHS, DEMO_RECIPE["epochs"]),
+                                  **DEMO_RECIPE}).validate()
+    assert (base.stage2_epoch, base.stage3_epoch, base.smoothing_decay_epoch1) == (0, 1, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        params = search_spaces.seed_defaults(base, name)
+    assert base.replace(**search_spaces.overrides_from_params(name, params, base)) == base
+
+
 def test_seed_defaults_with_ema_on_and_a_custom_lr():
     base = seed_base(50, use_ema=True, ema_decay=0.995, lr=0.01)
     params = search_spaces.seed_defaults(base, "optim")
