@@ -297,6 +297,7 @@ def test_kill_mid_checkpoint_write_keeps_the_last_good_one(dataset, tmp_path, ca
     resumed = capsys.readouterr().out
     assert "Epoch 2/2" in resumed and "Epoch 1/2" not in resumed
     assert load_checkpoint(save / "last.pth")["epoch"] == 2
+    assert not Path(partial).exists()  # the next save of last.pth removed the dead write's leftover
 
 
 # ======================================================================== 2. SIGTERM / Ctrl-C

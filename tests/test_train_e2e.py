@@ -93,6 +93,18 @@ def test_fit_two_plus_two_equals_four(tiny_root, tmp_path, monkeypatch):
     assert strip(first + rest) == strip(straight)
 
 
+def test_save_removes_leftovers_of_killed_writes_of_the_same_file(tmp_path):
+    from trainable.checkpoint import save_checkpoint
+
+    dead = tmp_path / ".last.pth.abc123.tmp"          # what a writer killed mid-save leaves
+    other = tmp_path / ".best_custom.pth.def456.tmp"  # another file's: not ours to judge
+    dead.write_bytes(b"partial")
+    other.write_bytes(b"partial")
+    save_checkpoint({"epoch": 1}, tmp_path / "last.pth")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".best_custom.pth.def456.tmp", "last.pth"]
+    assert torch.load(tmp_path / "last.pth", weights_only=True) == {"epoch": 1}
+
+
 def test_checkpoint_write_is_atomic_and_foreign_files_rejected(tmp_path):
     from trainable.errors import UserError
 

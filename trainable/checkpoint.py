@@ -19,7 +19,9 @@ SEED_KEYS = ("epoch", "model_state_dict", "optimizer_state_dict", "best_val_acc"
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """Write to a temp file in the same directory, fsync, then rename over `path`.
 
-    A process killed mid-write leaves the previous file at `path` intact.
+    A process killed mid-write leaves the previous file at `path` intact, and its partial temp
+    file behind; the next successful save of `path` removes such leftovers (one writer per
+    path: a trial's restarted worker, or the same training resumed).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,6 +35,8 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        leftover.unlink(missing_ok=True)
     return path
 
 
