@@ -39,6 +39,9 @@ LOCAL_RAY_CONFIG = {"enable_worker_prestart": False, "prestart_worker_first_driv
 # needs no torch; importing it in a thread while ray.init() mostly waits for Ray's processes
 # takes it off the path to the first trial (Tune's own import then finds it done).
 TUNE_DRIVER_IMPORTS = ("tensorboardX",)
+# The same for what a hook's callbacks() imports right after ray.init (by the hook's module):
+# MLflow's client takes seconds to import, and the first trial waits for it.
+HOOK_IMPORTS = {"tuner.tracking_hooks": ("mlflow",)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +60,9 @@ def run_search(settings, hooks=None) -> int:
     data = load_data(settings.base, progress=True)  # decoded once, on the driver
     import ray
 
-    _import_in_background(TUNE_DRIVER_IMPORTS)  # while ray.init waits for Ray's processes
+    # while ray.init waits for Ray's processes; in the order the driver needs them
+    hook_imports = tuple(name for hook in hooks for name in HOOK_IMPORTS.get(type(hook).__module__, ()))
+    _import_in_background(hook_imports + TUNE_DRIVER_IMPORTS)
     owns_ray = connect(settings)
     context = SearchContext(settings=settings, experiment_path=str(experiment_dir(settings.storage_path, settings.name)),
                             base_config=settings.base, data_info=data_info(data))
@@ -106,9 +111,10 @@ def run_search(settings, hooks=None) -> int:
 
 
 def _import_in_background(modules) -> None:
-    """Import what Tune will import anyway, in a daemon thread; a failure is left for Tune to meet."""
+    """Import what the driver will import anyway, in a daemon thread; a failure is left for the
+    real import to meet (and report)."""
     if os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS") == "1":
-        return
+        modules = [name for name in modules if name not in TUNE_DRIVER_IMPORTS]
     import importlib
     import importlib.util
     import threading
@@ -118,7 +124,7 @@ def _import_in_background(modules) -> None:
             try:
                 if importlib.util.find_spec(name) is not None:
                     importlib.import_module(name)
-            except Exception:  # noqa: S112 - Tune imports it again and reports the problem itself
+            except Exception:  # noqa: S112 - imported again where it is used, which reports it
                 continue
 
     threading.Thread(target=run, name="croptune-preimport", daemon=True).start()
