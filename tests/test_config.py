@@ -106,7 +106,7 @@ def test_demo_recipe_is_cpu_sized():
     cfg = parse("--demo")
     assert cfg.demo and not cfg.pretrained and cfg.epochs == 12 and cfg.image_size == 48
     # from scratch: partial unfreezing at once, everything trains from the second epoch
-    assert (cfg.stage2_epoch, cfg.stage3_epoch) == (0, 1)
+    assert (cfg.stage2_epoch, cfg.stage3_epoch, cfg.warmup_epochs) == (0, 1, 0)
     assert cfg.balance_sampler and not cfg.use_class_weights  # one way of balancing, not two
     # the other switch-points keep the seed's shape, scaled from 50 to 12 epochs
     assert cfg.lr_restart_epoch == 6 and cfg.final_clean_epoch == 10
