@@ -16,6 +16,7 @@ markdown table: id, measure, value, goal, pass/fail. Figures (see README "Perfor
     P6  --help; first trial result; demo search end to end            goal ≤ 1 s; ≤ 20 s; ≤ 10 min
     T1  training images/s of the demo model
     T2  search wall time and epochs with 2 / 4 / 8 trials
+    D1  `python -m trainable --demo` final val accuracy               goal 50-95 % (issue 2)
     G1  (CUDA) resnet50 224 px AMP: trial / bare timm loop            goal ≥ 0.9×; G2 data wait < 5 %
 
 Benchmarks, not tests: nothing here fails on a slow machine; a missed goal is a FAIL row.
@@ -33,7 +34,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python bench/run.py`: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import fig_cli, fig_cuda, fig_input, fig_loop, fig_search  # noqa: E402
+from bench import fig_cli, fig_cuda, fig_demo, fig_input, fig_loop, fig_search  # noqa: E402
 from bench.common import (  # noqa: E402
     REPO,
     Context,
@@ -55,10 +56,11 @@ FIGURES = {
     "P3": fig_search.run_p3,
     "T2": fig_search.run_growth,
     "P4": fig_search.run_p4,
+    "D1": fig_demo.run,
     "G1": fig_cuda.run,
 }
 ALIASES = {"G2": "G1"}
-TABLE_ORDER = ["P1", "P2", "P3", "P4", "P5", "P6", "T1", "T2", "G1", "G2"]
+TABLE_ORDER = ["D1", "P1", "P2", "P3", "P4", "P5", "P6", "T1", "T2", "G1", "G2"]
 DEFAULT_OUT = REPO / "bench" / "results.json"
 
 

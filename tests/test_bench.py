@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import bench.common as common
-from bench import fig_cuda, fig_input, fig_search
+from bench import fig_cuda, fig_demo, fig_input, fig_search
 from bench.common import FigureResult, Row
 from bench.run import build_parser, select, table
 from trainable.demo_data import layout_paths, write_synthetic_dataset
@@ -34,6 +34,21 @@ def test_cli_selects_figures_and_rejects_unknown_ids():
         select("P9")
     args = build_parser().parse_args(["--quick", "--only", "P1"])
     assert args.quick and args.only == "P1"
+
+
+def test_demo_figure_runs_the_user_command_and_reads_its_checkpoint(tmp_path, monkeypatch, croptune_cache):
+    """D1 runs `python -m trainable --demo` as a subprocess; here the demo dataset it finds in
+    the cache is a tiny one, and --quick trains 2 epochs (a row without a verdict)."""
+    from trainable.demo_data import DEMO_VERSION
+
+    write_synthetic_dataset(croptune_cache / f"demo-{DEMO_VERSION}-seed0", seed=0, max_per_class=3,
+                            min_per_class=1, val_per_class=1, image_size=24)
+    monkeypatch.setattr(common, "WORK", tmp_path / "work")
+    fig = fig_demo.run(common.Context("quick", "t"))
+    assert fig.raw["epochs"] == 2 and 0.0 <= fig.raw["val_acc"] <= 100.0
+    assert fig.rows[0].value == f"{fig.raw['val_acc']:.1f} %" and fig.rows[0].passed is None
+    assert (tmp_path / "work" / "runs" / "t" / "d1-demo" / "last.pth").is_file()
+    assert select("d1") == ["D1"]
 
 
 def test_table_has_one_line_per_row_with_verdicts():
