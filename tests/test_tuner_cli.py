@@ -43,6 +43,18 @@ def test_trainconfig_flags_change_the_base_and_seed_is_shared(tmp_path, monkeypa
     assert s.num_samples == 4 and not s.resume
 
 
+def test_default_grace_skips_warmup(tmp_path, monkeypatch):
+    from trainable.config import TrainConfig
+    from tuner.cli import default_grace
+
+    assert default_grace(TrainConfig()) == 6                             # seed: warmup 5 of 50
+    assert default_grace(TrainConfig(epochs=12, warmup_epochs=0)) == 1   # the demo recipe
+    assert default_grace(TrainConfig(epochs=100, warmup_epochs=2)) == 10  # a tenth of the run
+    assert default_grace(TrainConfig(epochs=3, warmup_epochs=5)) == 3    # never past the run
+    monkeypatch.chdir(tmp_path)
+    assert parse_settings(["--epochs", "4", "--warmup-epochs", "2", "--train-dir", "d"]).grace_period == 3
+
+
 def test_search_flags_and_durations():
     s = parse_settings(["--metric", "tail_acc", "--time-budget", "30m", "--grace-period", "3", "--name", "x1",
                         "--max-failures", "0", "--gpus-per-trial", "0.5", "--address", "ray://head:10001"])

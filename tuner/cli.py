@@ -29,7 +29,7 @@ DEFAULTS = {
     "num_samples": 20,
     "max_concurrent": None,
     "time_budget": None,
-    "grace_period": None,          # max(1, epochs // 5)
+    "grace_period": None,          # default_grace(base)
     "reduction_factor": 3,
     "cpus_per_trial": None,
     "gpus_per_trial": None,
@@ -48,6 +48,13 @@ SUBCOMMANDS = {
     "export": "write the best trial's complete TrainConfig to a YAML file",
     "retrain": "train once, in full, from an exported config",
 }
+
+
+def default_grace(base: TrainConfig) -> int:
+    """ASHA's grace period: the first epoch after warmup (a trial is never ranked on warmup
+    epochs, where every trial still sits near its start), and at least a tenth of the run.
+    Seed recipe (50 epochs, warmup 5): 6; the demo (12 epochs, no warmup): 1."""
+    return min(base.epochs, max(1, base.warmup_epochs + 1, base.epochs // 10))
 
 
 @dataclass
@@ -104,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=S,
                    help="seeds the TPE sampler and every trial's training (default: TrainConfig seed, 42)")
     s.add_argument("--grace-period", type=int, default=S, metavar="EPOCHS",
-                   help="ASHA: epochs every trial runs before it can be stopped (default max(1, epochs/5))")
+                   help="ASHA: epochs every trial runs before it can be stopped (default: warmup epochs + 1, "
+                        "at least epochs/10; 1 for --demo)")
     s.add_argument("--reduction-factor", type=int, default=S, metavar="K",
                    help=f"ASHA: keep the top 1/K at each rung (default {DEFAULTS['reduction_factor']})")
     s.add_argument("--resume", default=S, metavar="NAME",
@@ -165,8 +173,7 @@ def parse_settings(argv: list[str] | None) -> SearchSettings:
     base = resolve_config(ns)
     base = absolute_paths(base)
     seed = base.seed
-    epochs = base.epochs
-    grace = opts["grace_period"] if opts["grace_period"] is not None else max(1, epochs // 5)
+    grace = opts["grace_period"] if opts["grace_period"] is not None else default_grace(base)
     space = opts["space"]
     if space.endswith((".yaml", ".yml")):
         space = str(Path(space).expanduser().resolve())
