@@ -80,12 +80,13 @@ def profile(cache: int, out: int, batch: int, threads: int, rounds: int) -> dict
     factor_list, matrices = factors.tolist(), augment._colour_matrices(factors, batch)
     resized = [augment._crop_resize(images[i], box_list[i], flip_list[i], out) for i in range(batch)]
     x = torch.cat(resized).float()
+    x4 = torch.cat([x, torch.ones(batch, 1, out, out)], 1)  # _colour_one's input: rgb + a plane of ones
     out_batch = torch.empty(batch, 3, out, out)
     scratch = torch.empty(3 * out * out)
 
     def colour_per_sample():
         for i in range(batch):
-            augment._colour_one(x[i:i + 1].clone(), factor_list[i], matrices[i:i + 1], out_batch[i:i + 1], scratch)
+            augment._colour_one(x4[i:i + 1].clone(), factor_list[i], out_batch[i:i + 1], scratch)
 
     rows = {
         "previous (grid_sample) pipeline": lambda: grid_sample_augment(images, out, g),
@@ -95,7 +96,7 @@ def profile(cache: int, out: int, batch: int, threads: int, rounds: int) -> dict
                                                           for i in range(batch)],
         "uint8 -> float copies": lambda: [x[i:i + 1].copy_(resized[i]) for i in range(batch)],
         "colour + normalise, per sample": colour_per_sample,
-        "  of which the clones": lambda: [x[i:i + 1].clone() for i in range(batch)],
+        "  of which the clones": lambda: [x4[i:i + 1].clone() for i in range(batch)],
         "colour + normalise, whole batch": lambda: augment._colour(x.clone(), factors, matrices, out_batch),
         "fresh output batch (page faults)": lambda: torch.empty(batch, 3, out, out).fill_(0.0),
         "resize as batched matmuls (GPU path)": lambda: augment._crop_resize_batched(images, boxes, flips, out),

@@ -97,8 +97,12 @@ def test_batched_colour_matches_the_per_sample_one():
     _colour(x.clone(), factors, matrices, batched)
     ones = torch.ones(6, 1, 24, 24)
     for i in range(6):
-        augment._colour_one(torch.cat([x[i:i + 1], ones[i:i + 1]], 1), factors[i].tolist(), matrices[i:i + 1],
-                            single[i:i + 1], torch.empty(3 * 24 * 24))
+        augment._colour_one(torch.cat([x[i:i + 1], ones[i:i + 1]], 1), factors[i].tolist(), single[i:i + 1],
+                            torch.empty(3 * 24 * 24))
+    assert torch.allclose(batched, single, atol=1e-5)
+    _colour(x.clone(), None, _colour_matrices(None, 6), batched)  # no jitter (light)
+    for i in range(6):
+        augment._colour_one(torch.cat([x[i:i + 1], ones[i:i + 1]], 1), None, single[i:i + 1], torch.empty(0))
     assert torch.allclose(batched, single, atol=1e-5)
 
 

@@ -144,24 +144,26 @@ def _colour(x: torch.Tensor, factors: torch.Tensor | None, matrices: torch.Tenso
             out[:, ch].clamp_(_LOW[ch], _HIGH[ch])
 
 
-def _colour_one(x: torch.Tensor, factor: list[float] | None, matrix: torch.Tensor, out: torch.Tensor,
-                scratch: torch.Tensor) -> None:
-    """_colour for one CPU sample, the parameters as plain numbers (a dozen tiny ops less), and
-    x 1 x 4 x H x W with a 4th plane of ones: the offset is the matrix's 4th column, so the
-    output is written once (baddbmm copies the offset into it first, then adds)."""
+def _colour_one(x: torch.Tensor, factor: list[float] | None, out: torch.Tensor, scratch: torch.Tensor) -> None:
+    """_colour for one CPU sample, plain-number parameters (a dozen tiny ops less); x's 4th plane
+    is ones: the offset is a 4th matrix column, out is written once (baddbmm copies it in first)."""
     planes = x.view(1, 4, -1)
-    rgb = planes[:, :3]
-    blend = 0.0
+    b, c, s, blend = 1.0, 1.0, 1.0, 0.0  # no jitter: the normalisation alone
     if factor is not None:
         b, c, s = factor
+        rgb = planes[:, :3]
         limited = torch.clamp(rgb, max=255.0 / b, out=scratch.view_as(rgb)) if b > 1 else rgb
         grey = sum(w * v for w, v in zip(_LUMA, limited.sum(2)[0].tolist(), strict=True))
         blend = (1 - c) * grey * b / (255.0 * planes.shape[2])
         beta = c * b / 255.0
-        rgb.clamp_(-blend / beta, (min(c + blend, 1.0) - blend) / beta)
-    offset = torch.tensor([[[(blend - m) / sd] for m, sd in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)]])
-    torch.bmm(torch.cat([matrix, offset], 2), planes, out=out.view(1, 3, -1))
-    if factor is not None and s > 1:
+        low, high = -blend / beta, (min(c + blend, 1.0) - blend) / beta
+        if low > 0 or high < 255:  # else no pixel is outside: skip the pass
+            rgb.clamp_(low, high)
+    beta = c * b / 255.0
+    matrix = [[beta / sd * (s * (ch == k) + (1 - s) * w) for k, w in enumerate(_LUMA)] + [(blend - m) / sd]
+              for ch, (m, sd) in enumerate(zip(IMAGENET_MEAN, IMAGENET_STD, strict=True))]
+    torch.bmm(torch.tensor([matrix]), planes, out=out.view(1, 3, -1))
+    if s > 1:  # saturation > 1 can leave [0, 1]; a factor <= 1 cannot
         for ch in range(3):
             out[0, ch].clamp_(_LOW[ch], _HIGH[ch])
 
@@ -257,7 +259,7 @@ _outputs: list[tuple[torch.Tensor, int]] = []  # (buffer, storage use count when
 _OUTPUTS_KEPT = 4
 
 
-def _use_count(buffer: torch.Tensor) -> int:
+def _use_count(buffer: torch.Tensor) -> int:  # references to its storage, from any tensor
     return torch._C._storage_Use_Count(buffer.untyped_storage()._cdata)
 
 
@@ -292,29 +294,32 @@ def _train_cpu(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, o
     box_list, flip_list = boxes.tolist(), flips.tolist()
     factor_list = [None] * n if factors is None else factors.tolist()
 
-    def run(i0: int) -> None:
-        i1 = min(n, i0 + chunk)
-        numel = (i1 - i0) * 3 * out_size * out_size
-        if i1 - i0 == 1:
-            x = _scratch("x", numel // 3 * 4).view(1, 4, out_size, out_size)
-            x[0, 3].fill_(1.0)  # the plane of ones that _colour_one's matrix turns into the offset
-            x[0, :3].copy_(_crop_resize(images[i0], box_list[i0], flip_list[i0], out_size)[0])
-            _colour_one(x, factor_list[i0], matrices[i0:i1], out[i0:i1], _scratch("limited", numel))
-            return
-        x = _scratch("x", numel).view(i1 - i0, 3, out_size, out_size)
-        for i in range(i0, i1):  # the uint8 kernel returns NCHW: x is contiguous, its planes dense
-            x[i - i0].copy_(_crop_resize(images[i], box_list[i], flip_list[i], out_size)[0])
-        jitter = None if factors is None else factors[i0:i1]
-        _colour(x, jitter, matrices[i0:i1], out[i0:i1], _scratch("limited", numel))
+    def one_per_chunk(mine: list[int]) -> None:
+        x = _scratch("x4", 4 * out_size * out_size).view(1, 4, out_size, out_size)
+        x[0, 3].fill_(1.0)  # the plane of ones that _colour_one's matrix turns into the offset
+        limited = _scratch("limited", 3 * out_size * out_size)
+        for i in mine:
+            x[0, :3].copy_(_crop_resize(images[i], box_list[i], flip_list[i], out_size)[0])
+            _colour_one(x, factor_list[i], out[i:i + 1], limited)
 
+    def chunks(mine: list[int]) -> None:
+        for i0 in mine:
+            i1 = min(n, i0 + chunk)
+            numel = (i1 - i0) * 3 * out_size * out_size
+            x = _scratch("x", numel).view(i1 - i0, 3, out_size, out_size)
+            for i in range(i0, i1):  # the uint8 kernel returns NCHW: x's planes are dense
+                x[i - i0].copy_(_crop_resize(images[i], box_list[i], flip_list[i], out_size)[0])
+            jitter = None if factors is None else factors[i0:i1]
+            _colour(x, jitter, matrices[i0:i1], out[i0:i1], _scratch("limited", numel))
+
+    run = one_per_chunk if chunk == 1 else chunks
     starts = list(range(0, n, chunk))
     workers = torch.get_num_threads()  # the caller's CPU budget (Tune sets it per trial)
     if workers <= 1 or len(starts) <= 1:
-        for i0 in starts:
-            run(i0)
+        run(starts)
     else:  # a few tasks per thread: fewer hand-offs than one per chunk, still balanced under load
         tasks = min(len(starts), 4 * workers)
-        list(_thread_pool(workers).map(lambda t: [run(i0) for i0 in starts[t::tasks]], range(tasks)))
+        list(_thread_pool(workers).map(lambda t: run(starts[t::tasks]), range(tasks)))
     return out
 
 
