@@ -321,7 +321,12 @@ def test_search_hooks_log_a_whole_search(search, server, capsys):
     parser = argparse.ArgumentParser()
     add_search_arguments(parser)
     assert vars(parser.parse_args([])) == {}  # only given flags appear (--resume accepts them)
-    assert search_hooks(SimpleNamespace(namespace=parser.parse_args(["--no-mlflow"]))) == []
+    (off,) = search_hooks(SimpleNamespace(namespace=parser.parse_args(["--no-mlflow"])))
+    assert off.callbacks(None) == [] and off.resume_flags() == ["--no-mlflow"]  # resumes untracked too
+    from tuner.search import resume_command
+
+    where = SimpleNamespace(name="s1", storage_path="/tmp/r")
+    assert resume_command(where, [off]) == "python run_search.py --resume s1 --storage-path /tmp/r --no-mlflow"
     namespace = parser.parse_args(["--mlflow-uri", server["url"], "--mlflow-experiment", "croptune-hooks"])
     settings = SimpleNamespace(name="hooksearch", space="toy", metric="macro_f1", mode="max", num_samples=4,
                                seed=0, grace_period=1, reduction_factor=2, max_failures=1, time_budget_s=None,

@@ -49,6 +49,17 @@ class SearchHooks:
         return []
 
 
+class ResumeFlagsOnly(SearchHooks):
+    """A hook that only carries flags into the printed `--resume` command (e.g. --no-mlflow:
+    a search run without tracking must resume without it, not start logging half-way)."""
+
+    def __init__(self, flags: list[str]):
+        self.flags = list(flags)
+
+    def resume_flags(self) -> list[str]:
+        return list(self.flags)
+
+
 def plugin_hooks(settings) -> list[SearchHooks]:
     """Hooks that installed modules offer for this search (today: tuner.tracking, if present)."""
     import importlib.util

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from tuner import tracking
-from tuner.hooks import SearchHooks
+from tuner.hooks import ResumeFlagsOnly, SearchHooks
 
 STATUS = {"finished": "FINISHED", "interrupted": "KILLED", "failed": "FAILED"}
 
@@ -30,7 +30,7 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
 def search_hooks(settings) -> list[SearchHooks]:
     namespace = getattr(settings, "namespace", None)
     if getattr(namespace, "no_mlflow", False):
-        return []
+        return [ResumeFlagsOnly(["--no-mlflow"])]
     return [MlflowSearchHooks(getattr(namespace, "mlflow_uri", None),
                               getattr(namespace, "mlflow_experiment", None) or "croptune")]
 
