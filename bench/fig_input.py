@@ -15,8 +15,9 @@ Throughput is images/s over a shuffled pass of at least MIN_BATCHES batches (the
 repeated when the data has fewer), in steady state: croptune's from the end of its first
 batch, the DataLoader's from the arrival of its first SEED_WORKERS batches (each worker's first
 batch carries its start-up, and batches the other workers finished meanwhile wait in the
-queue: counting from the first batch would credit them to the timed window; with the 6
-batches of the 384-image set that inflated the seed side by ~25 %). The ratio with start-up
+queue: counting from the first batch credits them to the timed window, an estimated ~25 %
+too much for the seed side over the 6 batches the 384-image set used to be timed on; both
+estimates are in results.json). The ratio with start-up
 is in results.json. The pipelines run interleaved, ROUNDS times (alternating which goes
 first), on a shared machine: the row is the median of the per-round ratios, each round's
 numbers are in results.json. The one-time decode into the cache is timed separately, into a
@@ -56,6 +57,8 @@ def run(ctx: Context) -> FigureResult:
             demo["ratio"] >= 10, note=_spread(demo))
     fig.add(f"  croptune pipeline with 1 torch thread instead of {demo['torch_threads']}",
             f"{fmt(demo['ours_1_thread_ips'])} img/s ({fmt(demo['ratio_1_thread'])}x the seed-style)")
+    fig.add("  CPU time per image, seed-style / croptune (1 thread each, in-process; load-insensitive)",
+            _cpu_text(demo))
     if demo["ours_cuda"]:
         fig.add("  croptune pipeline with the augmentation on the GPU",
                 f"{fmt(demo['ours_cuda']['steady_ips'])} img/s "
@@ -68,6 +71,7 @@ def run(ctx: Context) -> FigureResult:
                 big["ratio"] >= 10,
                 note=f"{_spread(big)}; 1 torch thread: {fmt(big['ratio_1_thread'])}x"
                 + (f"; GPU: {fmt(big['ours_cuda']['steady_ips'] / big['seed_ips'])}x" if big["ours_cuda"] else ""))
+        fig.add("  CPU time per image, seed-style / croptune, seed-sized (as above)", _cpu_text(big))
     cold = _cold_decode(cfg)
     fig.raw["cold_decode"] = cold
     fig.add("one-time decode of the demo data into the cache (cold)",
@@ -80,6 +84,12 @@ def run(ctx: Context) -> FigureResult:
                 f"{100 * wait['augment_frac']:.1f} %", "", None,
                 note="input work on the critical path; not counted in data_wait_frac")
     return fig
+
+
+def _cpu_text(result: dict) -> str:
+    cost = result["cpu_cost"]
+    return (f"{fmt(cost['ratio'])}x ({1000 * median(cost['seed_s_per_image']):.2f} vs "
+            f"{1000 * median(cost['ours_s_per_image']):.3f} ms, median of {len(cost['ours_s_per_image'])} batches)")
 
 
 def _spread(result: dict) -> str:
@@ -110,6 +120,7 @@ def _compare(ctx: Context, fig: FigureResult, cfg, images: int | None, batch: in
                  lambda: seed.append(_seed_style(files[:count] * passes, split.labels[:count], size, batch))]
         for step in steps if r % 2 == 0 else steps[::-1]:
             step()
+    cpu = _cpu_cost(split, files[:count], size, batch, 4 * rounds)
     if torch.cuda.is_available():  # where the batched augmentation is meant to run
         result_cuda = _ours(split, count, size, batch, passes, device="cuda")
     else:
@@ -123,11 +134,45 @@ def _compare(ctx: Context, fig: FigureResult, cfg, images: int | None, batch: in
               "ours_ips": ours_ips, "ours_1_thread_ips": ours_1t_ips, "seed_ips": seed_ips,
               "ratio_per_round": ratios, "ratio": median(ratios),
               "ratio_1_thread": median([o["steady_ips"] / s["steady_ips"] for o, s in zip(ours_1t, seed, strict=True)]),
-              "ratio_with_startup": median([o["total_ips"] / s["total_ips"] for o, s in zip(ours, seed, strict=True)])}
+              "ratio_with_startup": median([o["total_ips"] / s["total_ips"] for o, s in zip(ours, seed, strict=True)]),
+              "cpu_cost": cpu}
     fig.raw[label] = result
     fig.sizing[label] = {"images": count, "passes": passes, "rounds": rounds, "size": size, "batch": batch,
                          "files": cfg.train_dir}
     return result
+
+
+def _cpu_cost(split, files: list[str], size: int, batch: int, batches: int) -> dict:
+    """Load-insensitive: this thread's CPU time per image for one batch of each pipeline's work,
+    in this process with one torch thread, interleaved. Seed-style: PIL decode + transform +
+    collate (no DataLoader transport: that only adds to its cost); croptune: _gather +
+    train_augment. Thread CPU time does not count the time other processes hold the cores."""
+    import torch
+    from torch.utils.data import default_collate
+
+    from trainable.augment import train_augment
+    from trainable.loop import _gather
+
+    dataset = _SeedDataset(files, split.labels, seed_transform(size))
+    rng, generator = np.random.default_rng(0), torch.Generator().manual_seed(0)
+    seed, ours, out = [], [], None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the DataLoader's workers; and no augmentation threads
+    try:
+        for _ in range(batches):
+            index = np.sort(rng.choice(len(files), min(batch, len(files)), replace=False))
+            t0 = time.thread_time()
+            default_collate([dataset[i] for i in index])
+            t1 = time.thread_time()
+            out = train_augment(_gather(split, index, torch.device("cpu"))[0], size, light=False, generator=generator)
+            t2 = time.thread_time()
+            seed.append((t1 - t0) / len(index))
+            ours.append((t2 - t1) / len(index))
+    finally:
+        torch.set_num_threads(threads)
+    del out
+    return {"seed_s_per_image": seed, "ours_s_per_image": ours,
+            "ratio": median([s / o for s, o in zip(seed, ours, strict=True)])}
 
 
 def _one_thread(run):
