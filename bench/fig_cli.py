@@ -7,11 +7,14 @@ scratch working directory (so an MLflow store it creates lands there):
   (--cpus-per-trial = CPUs / 4). The peak of RSS summed over the whole process tree (the
   driver, Ray's own processes, the trial workers) is sampled from /proc every 0.3 s; PSS
   (which splits shared pages, e.g. the dataset in Ray's object store, between the processes
-  mapping them) is sampled beside it.
+  mapping them) is sampled beside it. The peak is also split by process (per trial worker,
+  driver, Ray's own), and a fresh interpreter's RSS after a trial's imports gives the least a
+  trial worker can cost, hence the least the ratio can be with one process per trial.
 - P6: `run_search.py --help` (median of several runs); the time from launching
   `run_search.py --space stage_epochs --demo` until the first trial's first result is in the
-  experiment directory (the search is then stopped with Ctrl-C); the demo search end to end
-  (measured in --full mode; otherwise projected, see `project_e2e`).
+  experiment directory (the search is then stopped with Ctrl-C), with the CPU seconds the process
+  tree used until then (the work, which the machine's load changes less than the wall time);
+  the demo search end to end (measured in --full mode; otherwise projected, see `project_e2e`).
 """
 
 from __future__ import annotations
