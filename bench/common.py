@@ -149,7 +149,7 @@ def bench_dataset(spec: dict | None) -> dict:
     bench/.work/data/), so its decode cache is keyed by exactly those files and is reused by
     later bench runs.
     """
-    from trainable.demo_data import layout_paths
+    from trainable.demo_data import DEMO_VERSION, layout_paths
 
     root = demo_root()
     paths = layout_paths(root)
@@ -161,7 +161,8 @@ def bench_dataset(spec: dict | None) -> dict:
 
     fraction, val_per_class = float(spec["fraction"]), int(spec["val_per_class"])
     repeat = int(spec.get("repeat", 1))  # list every train image this many times (GPU epochs)
-    name = f"demo-f{fraction:g}-v{val_per_class}" + (f"-r{repeat}" if repeat > 1 else "")
+    # the demo version in the name: a subset lists files of one generation of the demo data
+    name = f"demo{DEMO_VERSION}-f{fraction:g}-v{val_per_class}" + (f"-r{repeat}" if repeat > 1 else "")
     folder = WORK / "data" / name / "metadata"
     out = {**paths, "train_meta": str(folder / "train_metadata.csv"), "val_meta": str(folder / "val_metadata.csv"),
            "class_weights": str(folder / "class_weights.csv")}
