@@ -102,6 +102,16 @@ def test_bad_yaml_config(tmp_path):
         parse("--config", str(path))
 
 
+def test_demo_recipe_on_given_data_does_not_generate_the_demo_dataset(tmp_path, croptune_cache):
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    flags = [f"--{k.replace('_', '-')}={tmp_path / k}" for k in ("train_dir", "val_dir", "train_meta", "val_meta",
+                                                                 "class_weights")]
+    cfg = resolve_config(parser.parse_args(["--demo", *flags]))
+    assert cfg.demo and cfg.image_size == 48 and cfg.train_meta == str(tmp_path / "train_meta")
+    assert list(croptune_cache.iterdir()) == []  # nothing generated: every path was given
+
+
 def test_demo_recipe_is_cpu_sized():
     cfg = parse("--demo")
     assert cfg.demo and not cfg.pretrained and cfg.epochs == 12 and cfg.image_size == 48

@@ -129,10 +129,12 @@ def resolve_config(ns: argparse.Namespace, checkpoint_config: dict | None = None
 
 
 def _with_demo_paths(values: dict, explicit: dict) -> dict:
-    from trainable.demo_data import ensure_demo_dataset, layout_paths
+    """The demo dataset's paths for the path flags not given; generated only if one is needed."""
+    from trainable.demo_data import PATH_FIELDS, ensure_demo_dataset, layout_paths
 
-    root = ensure_demo_dataset(seed=0)
-    paths = layout_paths(root)
+    if all(k in explicit for k in PATH_FIELDS):  # the demo recipe on data of the user's own
+        return values
+    paths = layout_paths(ensure_demo_dataset(seed=0))
     return {**values, **{k: str(v) for k, v in paths.items() if k not in explicit}}
 
 

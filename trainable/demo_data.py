@@ -41,6 +41,9 @@ _SPLIT_CODE = {"train": 0, "val": 1}
 POOL_MIN_IMAGES = 400  # draw in worker processes from this many images of a split
 
 
+PATH_FIELDS = ("train_dir", "val_dir", "train_meta", "val_meta", "class_weights")  # what layout_paths fills
+
+
 def layout_paths(root) -> dict[str, str]:
     """TrainConfig path fields (train_dir, val_dir, train_meta, val_meta, class_weights) under root."""
     root = Path(root)
