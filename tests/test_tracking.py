@@ -358,3 +358,33 @@ def test_search_hooks_log_a_whole_search(search, server, capsys):
     assert {a.path for a in client.list_artifacts(best, "plots")} == {"plots/learning_curves.png"}
     out = capsys.readouterr().out
     assert f"#/experiments/{hooks.experiment_id}/runs/{hooks.parent}?workflowType=machine_learning" in out
+
+
+def test_ui_stops_on_ctrl_c_even_when_started_with_sigint_ignored(tmp_path):
+    """`run_search.py ui &` from a script: the shell starts it with SIGINT ignored, and Python
+    keeps that; `ui` must still stop (and stop its server) on SIGINT."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import _free_port
+
+    port = _free_port()
+    code = "import sys; from tuner.tracking import ui_main; sys.exit(ui_main(sys.argv[1:]))"
+    ui = subprocess.Popen([sys.executable, "-c", code, "--port", str(port), "--mlflow-uri",
+                           f"sqlite:///{tmp_path / 'm.db'}"], cwd=tmp_path, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        for line in ui.stdout:
+            if line.strip().startswith("http://"):
+                break
+        assert ui.poll() is None
+        ui.send_signal(signal.SIGINT)
+        assert ui.wait(timeout=60) == 0
+    finally:
+        if ui.poll() is None:
+            ui.kill()
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0  # the server went with it

@@ -78,10 +78,14 @@ def _exit_on_termination() -> None:
     def leave(signum, frame):
         raise SystemExit(128 + signum)
 
-    for name in ("SIGTERM", "SIGHUP"):
+    handlers = {"SIGTERM": leave, "SIGHUP": leave,
+                # Ctrl-C / SIGINT stops the UI even when it was started with SIGINT ignored
+                # (a shell's background job, `nohup ... &`): Python keeps an inherited SIG_IGN.
+                "SIGINT": signal.default_int_handler}
+    for name, handler in handlers.items():
         if hasattr(signal, name):
             try:
-                signal.signal(getattr(signal, name), leave)
+                signal.signal(getattr(signal, name), handler)
             except ValueError:  # not the main thread: leave the defaults
                 pass
 
