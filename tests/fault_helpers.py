@@ -80,7 +80,7 @@ def progress(trial_dir: Path):
     path = trial_dir / "progress.csv"
     if not path.is_file() or not path.read_text().strip():
         return pd.DataFrame()
-    return pd.read_csv(path)
+    return pd.read_csv(path, dtype={"trial_id": str})  # "42957e50" is a trial id, not 4.2957e+54
 
 
 def metric_rows(trial_dir: Path) -> list[dict]:

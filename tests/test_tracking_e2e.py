@@ -82,8 +82,9 @@ def searched(setup, mlflow_server):
     summary = json.loads((exp / "search_summary.json").read_text())
     progress = {}  # trial id -> Tune's per-epoch results (progress.csv: one row per tune.report)
     for trial_dir in (p for p in exp.iterdir() if p.is_dir()):
-        frame = pd.read_csv(trial_dir / "progress.csv")
-        progress[str(frame["trial_id"].iloc[0])] = frame
+        # dtype: a trial id like "42957e50" would otherwise be read as the float 4.2957e+54
+        frame = pd.read_csv(trial_dir / "progress.csv", dtype={"trial_id": str})
+        progress[frame["trial_id"].iloc[0]] = frame
     return dict(proc=proc, url=url, client=client, experiment_id=experiment_id, parent=parent,
                 children={run.data.tags["trial_id"]: run for run in children}, summary=summary,
                 progress=progress, experiment_dir=exp)
@@ -120,7 +121,7 @@ def test_parent_has_the_trials_table_and_plots(searched, tmp_path):
         a.path for a in client.list_artifacts(parent_id, "plots")}
     assert {"trials.csv", "plots/metric_vs_epoch.png", "plots/optimization_history.png"} <= listed
     assert "plots/param_importances.png" in listed or "plots/skipped.txt" in listed
-    trials = pd.read_csv(client.download_artifacts(parent_id, "trials.csv", str(tmp_path)))
+    trials = pd.read_csv(client.download_artifacts(parent_id, "trials.csv", str(tmp_path)), dtype={"trial_id": str})
     assert set(trials["trial_id"].astype(str)) == set(searched["progress"])
     png = Path(client.download_artifacts(parent_id, "plots/metric_vs_epoch.png", str(tmp_path)))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
