@@ -4,11 +4,12 @@ All searches go through `tuner.search.run_search` (the code `run_search.py` runs
 Ray session, without tracking hooks:
 
 - ASHA + TPE: exactly what `run_search.py --space stage_epochs ...` builds (PruningOptunaSearch
-  with TPE, the seed recipe as the first trial, ASHAScheduler on `epoch`);
+  with TPE, the seed recipe as the first trial, tuner.scheduler.PromotingASHA on `epoch`:
+  successive halving that pauses trials at a rung until they rank in its top 1/rf);
 - FIFO random: the same search with two changes: the searcher samples with Optuna's
   RandomSampler (same space, same seed point first; `build_searcher` is swapped for this
-  search only), and `--grace-period` = `--epochs`, which leaves ASHA a single rung at the last
-  epoch, so no trial is stopped early (FIFO).
+  search only), and `--grace-period` = `--epochs`, which leaves ASHA no rung below the last
+  epoch, so no trial is paused or stopped early (FIFO).
 
 Both arms use the same number of trials, the same --seed (which seeds the sampler and every
 trial's training) and the default resources (on 2 CPUs: 2 trials at a time, 1 CPU each).
@@ -143,7 +144,7 @@ def run_p3(ctx: Context) -> FigureResult:
     grace = prof.get("grace") or max(1, prof["epochs"] // 5)
     fig.add(f"  ASHA trials stopped early; trials whose epoch-{grace} score ties another's",
             f"{stopped} of {total}; {tied} of {total}",
-            note="ASHA stops a trial only below the rung's cutoff: tied trials all go on")
+            note="ties on the metric are ranked by validation loss")
     return fig
 
 

@@ -192,7 +192,10 @@ def test_interrupted_search_resumes_and_completes(env, capsys):
     storage = env["storage"]
     exp = storage / "resume"
     (env["faults"] / "pause_once_after_epoch").write_text("1 120")  # first trial sleeps after epoch 1
-    flags = tiny_flags(env["root"], storage, "resume") + ["--num-samples", "2", "--max-concurrent", "1"]
+    # --grace-period = --epochs: no rung, so the first trial is not paused at epoch 1 (which would
+    # cut its injected sleep short); it is mid-trial when Ctrl-C comes
+    flags = tiny_flags(env["root"], storage, "resume") + ["--num-samples", "2", "--max-concurrent", "1",
+                                                          "--grace-period", str(EPOCHS)]
 
     def epoch_one_recorded():
         return (env["faults"] / "paused").is_file() and any(

@@ -26,11 +26,11 @@ METRICS = ("macro_f1", "val_acc", "tail_acc")
 DEFAULTS = {
     "space": "stage_epochs",
     "metric": "macro_f1",
-    "num_samples": 20,
+    "num_samples": 20,             # DEMO_NUM_SAMPLES with --demo
     "max_concurrent": None,
     "time_budget": None,
     "grace_period": None,          # default_grace(base)
-    "reduction_factor": 3,
+    "reduction_factor": 4,
     "cpus_per_trial": None,
     "gpus_per_trial": None,
     "storage_path": "ray_results",
@@ -39,6 +39,9 @@ DEFAULTS = {
     "keep_checkpoints": 2,
     "address": None,
 }
+# The demo search: 12 trials of the 12-epoch demo recipe cost ~2.8 full trainings with
+# successive halving at rf 4 (tuner.scheduler; bench P4), a few minutes on 2 CPU cores.
+DEMO_NUM_SAMPLES = 12
 # Flags that still mean something when continuing a search with --resume (the rest is
 # restored with the experiment: space, metric, scheduler, searcher, base config).
 # (--max-concurrent is not one: Tune restores its TuneConfig, concurrency included, from the experiment.)
@@ -103,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"search space: a registered name or a YAML file (default {DEFAULTS['space']})")
     s.add_argument("--metric", default=S, choices=METRICS, help="metric to maximise (default macro_f1)")
     s.add_argument("--num-samples", type=int, default=S, metavar="N",
-                   help=f"number of trials (default {DEFAULTS['num_samples']})")
+                   help=f"number of trials (default {DEFAULTS['num_samples']}; {DEMO_NUM_SAMPLES} with --demo)")
     s.add_argument("--max-concurrent", type=int, default=S, metavar="N",
                    help="trials running at once (default: as many as the resources fit)")
     s.add_argument("--time-budget", default=S, metavar="SECONDS",
@@ -111,10 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=S,
                    help="seeds the TPE sampler and every trial's training (default: TrainConfig seed, 42)")
     s.add_argument("--grace-period", type=int, default=S, metavar="EPOCHS",
-                   help="ASHA: epochs every trial runs before it can be stopped (default: warmup epochs + 1, "
+                   help="ASHA: epochs every trial runs before it is first ranked (default: warmup epochs + 1, "
                         "at least epochs/10; 1 for --demo)")
     s.add_argument("--reduction-factor", type=int, default=S, metavar="K",
-                   help=f"ASHA: keep the top 1/K at each rung (default {DEFAULTS['reduction_factor']})")
+                   help=f"ASHA: the top 1/K at each rung go on, the rest wait paused or stop "
+                        f"(default {DEFAULTS['reduction_factor']})")
     s.add_argument("--resume", default=S, metavar="NAME",
                    help="continue the interrupted search NAME (under --storage-path) with its own settings")
     r = parser.add_argument_group("resources and storage")
@@ -174,11 +178,12 @@ def parse_settings(argv: list[str] | None) -> SearchSettings:
     base = absolute_paths(base)
     seed = base.seed
     grace = opts["grace_period"] if opts["grace_period"] is not None else default_grace(base)
+    num_samples = opts["num_samples"] if "num_samples" in given or not base.demo else DEMO_NUM_SAMPLES
     space = opts["space"]
     if space.endswith((".yaml", ".yml")):
         space = str(Path(space).expanduser().resolve())
     settings = SearchSettings(
-        space=space, metric=opts["metric"], num_samples=opts["num_samples"], grace_period=grace,
+        space=space, metric=opts["metric"], num_samples=num_samples, grace_period=grace,
         reduction_factor=opts["reduction_factor"], storage_path=str(Path(opts["storage_path"]).expanduser().resolve()),
         name=opts["name"] or default_name(space), max_failures=opts["max_failures"],
         keep_checkpoints=opts["keep_checkpoints"], seed=seed, base=base,

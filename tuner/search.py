@@ -191,7 +191,8 @@ def build_searcher(settings):
 
 def build_tuner(settings, data, context: SearchContext, hooks):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+
+    from tuner.scheduler import PromotingASHA, RungLimiter
 
     trainable = wrapped_trainable(data, settings.base, context.resources.per_trial)
     callbacks = [cb for hook in hooks for cb in hook.callbacks(context)]
@@ -205,12 +206,14 @@ def build_tuner(settings, data, context: SearchContext, hooks):
         return tuner
     searcher = build_searcher(settings)
     context.searcher = searcher
-    scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=settings.base.epochs, grace_period=settings.grace_period,
-                              reduction_factor=settings.reduction_factor)
+    concurrent = context.resources.max_concurrent
+    scheduler = PromotingASHA(time_attr=TIME_ATTR, metric=settings.metric, mode=settings.mode,
+                              max_t=settings.base.epochs, grace_period=settings.grace_period,
+                              reduction_factor=settings.reduction_factor, num_samples=settings.num_samples,
+                              max_concurrent=concurrent)
     tune_config = tune.TuneConfig(
-        metric=settings.metric, mode=settings.mode, search_alg=searcher, scheduler=scheduler,
-        num_samples=settings.num_samples, max_concurrent_trials=context.resources.max_concurrent,
-        time_budget_s=settings.time_budget_s,
+        metric=settings.metric, mode=settings.mode, search_alg=RungLimiter(searcher, concurrent),
+        scheduler=scheduler, num_samples=settings.num_samples, time_budget_s=settings.time_budget_s,
         # The next trial runs in a finished trial's worker: no second import of torch + timm
         # and fetch of the dataset (seconds per trial); fit() seeds everything it uses.
         reuse_actors=True)

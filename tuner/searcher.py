@@ -14,7 +14,8 @@ epoch on which ASHA says STOP is *not* passed to `on_trial_result`, and ASHA als
 when `time_attr >= max_t`, so the decision cannot be read from the call sequence. What can be
 read is the result itself: a trial that reached its configured number of epochs is complete,
 one that ended (not errored) before it was stopped early (ASHA, the time budget, or a stop
-request), i.e. PRUNED.
+request), i.e. PRUNED. A trial stopped while PAUSED at a rung (tuner.scheduler's end game) gets
+`on_trial_complete(trial_id)` with no result: its last reported result stands in.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class PruningOptunaSearch(OptunaSearch):
         self._max_epochs = int(max_epochs)
         self._config_keys = frozenset(config_keys) if config_keys is not None else None
         self._trial_epochs: dict[str, int] = {}
+        self._last_results: dict[str, dict] = {}  # for trials stopped while paused (no result passed)
         self.pruned_trials: set[str] = set()
 
     def suggest(self, trial_id: str):
@@ -64,16 +66,21 @@ class PruningOptunaSearch(OptunaSearch):
         # (training_iteration would also do, but epoch is what ASHA and the user count).
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
+        self._last_results[trial_id] = result
         self._report(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result=result, error=error)
+        paused_stop = not error and not result and trial_id in self._last_results
+        if paused_stop:  # stopped while paused at a rung (tuner.scheduler): Tune passes no result
+            result = self._last_results[trial_id]
         if error or not result or self._time_attr not in result:
             return super().on_trial_complete(trial_id, result=result, error=error)
         # Tune does not pass the final result to on_trial_result when the scheduler says STOP
         # on it (ASHA also does so at max_t): record it, so every epoch is an intermediate value.
-        self._report(trial_id, result)
+        if not paused_stop:
+            self._report(trial_id, result)
         epochs = self._trial_epochs.get(trial_id, self._max_epochs)
         if result[self._time_attr] >= epochs:
             return super().on_trial_complete(trial_id, result=result, error=error)
