@@ -201,13 +201,29 @@ def _real_demo_search(ctx: Context) -> dict:
     return summary | {"bench_wall_s": wall, "scaled": False, "epochs_per_training": DEMO_RECIPE["epochs"]}
 
 
-def _retrain(ctx: Context, argv: list[str], save_dir: Path, label: str) -> dict:
+def _trial_threads(storage: str, name: str) -> int | None:
+    """The torch threads each trial of the search ran with (its CPUs per trial), from its meta file."""
+    import json
+
+    from tuner.experiment import META_FILE
+
+    try:
+        meta = json.loads((Path(storage) / name / META_FILE).read_text())
+        return max(1, int(meta["resources"]["per_trial"]["cpu"]))
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _retrain(ctx: Context, argv: list[str], save_dir: Path, label: str, threads: int | None) -> dict:
     from trainable.checkpoint import load_checkpoint
 
-    say(f"P4: retrain, {label}")
+    say(f"P4: retrain, {label}" + (f" ({threads} torch threads, as the trials)" if threads else ""))
     started = time.perf_counter()
+    # CPU kernels sum in a thread-count-dependent order: with the trials' thread count the retrain
+    # of the exported config can reproduce its trial exactly, and both retrains compare alike
+    env = {"OMP_NUM_THREADS": str(threads)} if threads else None
     proc = launch([PYTHON, *argv, "--save-dir", str(save_dir), "--save-freq", "0"], ctx.log(f"p4-{label}"),
-                  cwd=ctx.work / "cwd" / "p4")
+                  cwd=ctx.work / "cwd" / "p4", env=env)
     code = finish(proc, timeout=4 * 3600)
     if code != 0:
         raise RuntimeError(f"retrain {label} exited {code}; see {ctx.log(f'p4-{label}')}")
@@ -257,9 +273,10 @@ def run_p4(ctx: Context) -> FigureResult:
                     for arg in ("--" + key.replace("_", "-"), paths[key])]
     if "--no-mlflow" in _help_text(retrain):  # the figure is the model's quality, not tracking's
         retrain.append("--no-mlflow")
-    exported = _retrain(ctx, retrain, ctx.work / "p4-retrain-best", "exported")
-    seed = _retrain(ctx, seed_argv, ctx.work / "p4-retrain-seed", "seed-defaults")
-    fig.raw = {"search": result, "exported": exported, "seed_defaults": seed,
+    threads = _trial_threads(storage, name)
+    exported = _retrain(ctx, retrain, ctx.work / "p4-retrain-best", "exported", threads)
+    seed = _retrain(ctx, seed_argv, ctx.work / "p4-retrain-seed", "seed-defaults", threads)
+    fig.raw = {"search": result, "exported": exported, "seed_defaults": seed, "retrain_threads": threads,
                "best_yaml": best_yaml.read_text() if best_yaml.is_file() else None}
     trial_score = result.get("best_value")
     if trial_score is not None:

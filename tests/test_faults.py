@@ -346,8 +346,9 @@ def test_sigterm_then_ctrl_c_then_resume_completes_the_search(dataset, tmp_path)
     (faults / "pause_once_after_epoch").write_text("1 300")  # the first trial to report epoch 1 waits
 
     # session 1: `kill PID` (SIGTERM) while the first trial is between its epochs 1 and 2
+    # --grace-period = --epochs: no rung pauses the first trial at epoch 1 (cutting its wait short)
     argv = [sys.executable, RUN_SEARCH, *tiny_flags(dataset, storage, "sig"), "--num-samples", "2",
-            "--max-concurrent", "1", "--mlflow-uri", uri]
+            "--max-concurrent", "1", "--grace-period", str(EPOCHS), "--mlflow-uri", uri]
     proc, out, err = start(argv, tmp_path, env, "session1")
     wait_for(lambda: paused_trial(faults, experiment), 300, "the first trial's epoch 1", proc)
     first = paused_trial(faults, experiment)
@@ -475,10 +476,10 @@ def faulty_search(dataset, ray_env, tmp_path_factory):
 
     killer = threading.Thread(target=kill_the_held_worker, daemon=True)
     killer.start()
-    try:
+    try:  # --grace-period = --epochs: no rung pause moves the trial to another worker before the kill
         code, out = search_in_process(tiny_flags(dataset, storage, "faulty") + [
             "--space", str(space), "--lr", str(DIVERGING_LR), "--num-samples", "2", "--max-concurrent", "1",
-            "--seed", "7", "--max-failures", "1", "--mlflow-uri", uri])
+            "--seed", "7", "--max-failures", "1", "--grace-period", str(EPOCHS), "--mlflow-uri", uri])
     finally:
         killer.join(timeout=5)
         (faults / "hold_once_before_report").unlink()

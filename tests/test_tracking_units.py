@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -214,3 +215,22 @@ def test_a_tracking_failure_warns_once_and_does_not_stop_the_search(capsys):
     callback.strict = True
     with pytest.raises(ConnectionError):
         callback.on_trial_start(0, [trial], trial)
+
+
+def test_search_hook_opens_the_store_in_the_background(tmp_path):
+    """start() opens (and, for a new sqlite file, creates) the store in a thread while Ray starts;
+    a deleted experiment's error comes out of callbacks(), where it always did."""
+    from tuner.tracking_hooks import MlflowSearchHooks
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    hooks = MlflowSearchHooks(uri, "bg")
+    hooks.validate(None)
+    assert not (tmp_path / "mlflow.db").exists()  # validation writes nothing
+    hooks.start(None)
+    assert hooks._opening.result(timeout=120)[0].get_experiment_by_name("bg").lifecycle_stage == "active"
+    client, experiment_id = hooks._opening.result()
+    client.delete_experiment(experiment_id)
+    again = MlflowSearchHooks(uri, "bg")
+    again.start(None)
+    with pytest.raises(UserError, match="deleted"):
+        again.callbacks(SimpleNamespace(settings=None))

@@ -38,6 +38,10 @@ class SearchHooks:
     def validate(self, settings) -> None:
         pass
 
+    def start(self, settings) -> None:
+        """Validation passed and Ray is about to start: begin slow set-up in the background
+        (callbacks() collects it)."""
+
     def callbacks(self, context: SearchContext) -> list:
         return []
 

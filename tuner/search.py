@@ -55,6 +55,8 @@ def run_search(settings, hooks=None) -> int:
     hooks = plugin_hooks(settings) if hooks is None else list(hooks)
     prepare_search(settings, hooks)  # UserError -> exit 2, nothing written
     started = time.time()
+    for hook in hooks:
+        hook.start(settings)
     from trainable.data import load_data
 
     data = load_data(settings.base, progress=True)  # decoded once, on the driver
