@@ -1,8 +1,12 @@
 """tuner.scheduler: successive halving that pauses trials at a rung, with real Tune runs."""
 
 import json
+import os
+import signal
 import sys
 import tempfile
+import threading
+import time
 
 import pytest
 import ray
@@ -131,3 +135,57 @@ def test_limiter_state_leaves_the_scheduler_link_out():
     assert "scheduler" not in state and limiter.scheduler is scheduler
     limiter.set_state({**state, "scheduler": None})
     assert limiter.scheduler is scheduler
+
+
+def test_resume_with_trials_paused_at_a_rung_completes(ray_session, tmp_path):
+    """Interrupted while trials wait at a rung; Tuner.restore (what --resume runs) finishes the
+    search: every trial ends, each epoch trained once, the best configuration in full."""
+    log = tmp_path / "epochs.jsonl"
+    xs = [0.3, 0.2, 0.9, 0.1, 0.5]
+
+    def build():
+        searcher = PruningOptunaSearch(space=BoundSpace(toy_space, base=None), metric="score", mode="max", seed=0,
+                                       max_epochs=MAX_T, config_keys={"x"},
+                                       points_to_evaluate=[{"x": x} for x in xs])
+        scheduler = PromotingASHA(time_attr="epoch", metric="score", mode="max", max_t=MAX_T, grace_period=1,
+                                  reduction_factor=4, num_samples=len(xs), max_concurrent=1)
+        return tune.Tuner(
+            tune.with_resources(tune.with_parameters(toy_trainable), {"cpu": 1}), param_space={"log": str(log)},
+            tune_config=tune.TuneConfig(metric="score", mode="max", search_alg=RungLimiter(searcher, 1),
+                                        scheduler=scheduler, num_samples=len(xs), reuse_actors=True),
+            run_config=tune.RunConfig(storage_path=str(tmp_path), name="resumed", verbose=0))
+
+    def ctrl_c_once_two_trials_wait():  # what Ctrl-C sends, once 2 trials reported epoch 1 (paused)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if log.is_file() and sum('"epoch": 1}' in line for line in log.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, lambda *_: None)  # a mistimed signal must not stop pytest
+    killer = threading.Thread(target=ctrl_c_once_two_trials_wait, daemon=True)
+    killer.start()
+    try:
+        build().fit()
+    finally:
+        killer.join(timeout=150)
+        signal.signal(signal.SIGINT, previous)
+    first = ExperimentAnalysis(str(tmp_path / "resumed")).trials
+    assert "PAUSED" in {str(t.status) for t in first}  # interrupted with a trial waiting at the rung
+    trainable = tune.with_resources(tune.with_parameters(toy_trainable), {"cpu": 1})
+    results = tune.Tuner.restore(str(tmp_path / "resumed"), trainable=trainable, resume_unfinished=True).fit()
+    assert not results.errors and len(results) == len(xs)
+    trained = {}
+    for line in log.read_text().splitlines():
+        row = json.loads(line)
+        trained.setdefault(row["x"], []).append(row["epoch"])
+    waiting = {t.config["x"] for t in first if str(t.status) == "PAUSED"}
+    for x, epochs in trained.items():
+        assert sorted(set(epochs)) == list(range(1, max(epochs) + 1)), (x, epochs)
+        if x in waiting:  # paused at the rung: resumed from its checkpoint, no epoch trained twice
+            assert epochs == list(range(1, len(epochs) + 1)), (x, epochs)
+    # (a trial running at the Ctrl-C redoes the epoch it was in, from its last checkpoint)
+    assert max(trained[0.9]) == MAX_T and set(trained) == set(xs)
+    saved = ExperimentAnalysis(str(tmp_path / "resumed")).trials
+    assert sorted(str(t.status) for t in saved) == ["TERMINATED"] * len(xs)

@@ -101,9 +101,10 @@ class PromotingASHA(FIFOScheduler):
         if self._time_attr not in result or self._metric not in result:
             return TrialScheduler.CONTINUE
         epoch = result[self._time_attr]
+        tid = trial.trial_id
+        self.parked.pop(tid, None)  # a trial that reports runs (after --resume it may have been parked)
         if epoch >= self._max_t:
             return TrialScheduler.STOP
-        tid = trial.trial_id
         # a restored trial can jump rungs: record it at each rung it passed without a record
         new = [m for m in self.milestones if epoch >= m and tid not in self.recorded[m]]
         if not new:
@@ -123,10 +124,10 @@ class PromotingASHA(FIFOScheduler):
         trials = tune_controller.get_trials()
         busy = sum(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials)
         by_id = {t.trial_id: t for t in trials}
-        # a parked trial that ended (stopped, failed) waits for nothing; one still RUNNING is
-        # being paused (Tune saves it first)
+        # a parked trial that ended (stopped, failed) or was requeued (PENDING: a restored
+        # experiment) waits for nothing; one still RUNNING is being paused (Tune saves it first)
         for tid in [tid for tid in self.parked
-                    if tid not in by_id or by_id[tid].status in (Trial.TERMINATED, Trial.ERROR)]:
+                    if tid not in by_id or by_id[tid].status in (Trial.TERMINATED, Trial.ERROR, Trial.PENDING)]:
             del self.parked[tid]
         if busy < self._max_concurrent:
             choice = self.promotable()
