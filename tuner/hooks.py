@@ -39,8 +39,8 @@ class SearchHooks:
         pass
 
     def start(self, settings) -> None:
-        """Validation passed and Ray is about to start: begin slow set-up in the background
-        (callbacks() collects it)."""
+        """Validation passed, the data is decoded and a local Ray is about to start: begin slow
+        set-up in the background (callbacks() collects it). Not called with --address."""
 
     def callbacks(self, context: SearchContext) -> list:
         return []

@@ -55,11 +55,14 @@ def run_search(settings, hooks=None) -> int:
     hooks = plugin_hooks(settings) if hooks is None else list(hooks)
     prepare_search(settings, hooks)  # UserError -> exit 2, nothing written
     started = time.time()
-    for hook in hooks:
-        hook.start(settings)
     from trainable.data import load_data
 
-    data = load_data(settings.base, progress=True)  # decoded once, on the driver
+    data = load_data(settings.base, progress=True)  # decoded once, on the driver (a bad image: UserError)
+    if settings.address is None:
+        # nothing is left that a user's input can fail (attaching to --address can: no overlap
+        # there, so a wrong address leaves no tracking store behind)
+        for hook in hooks:
+            hook.start(settings)
     import ray
 
     # while ray.init waits for Ray's processes; in the order the driver needs them
