@@ -58,3 +58,15 @@ def mlflow_server(mlflow_ui):
             break
     assert ui.poll() is None, f"ui exited: {''.join(lines)} {mlflow_ui['log'].read_text()[-2000:]}"
     return {"url": f"http://127.0.0.1:{mlflow_ui['port']}", "printed": "".join(lines), **mlflow_ui}
+
+
+@pytest.fixture(scope="module")
+def local_ray(request):
+    """A 2-CPU local Ray for a module's real Tune runs. Workers cannot import a test module by
+    name: the module's functions (toy trainables) are shipped by value."""
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(request.module)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()

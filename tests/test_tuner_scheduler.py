@@ -3,13 +3,10 @@
 import json
 import os
 import signal
-import sys
 import tempfile
 import threading
 import time
 
-import pytest
-import ray
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune import ExperimentAnalysis
@@ -45,14 +42,6 @@ def toy_trainable(config):
                         checkpoint=tune.Checkpoint.from_directory(d))
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 def run(tmp_path, concurrent: int, xs=XS, rf=4):
     log = tmp_path / "epochs.jsonl"
     searcher = PruningOptunaSearch(space=BoundSpace(toy_space, base=None), metric="score", mode="max", seed=0,
@@ -74,7 +63,7 @@ def run(tmp_path, concurrent: int, xs=XS, rf=4):
     return results, trained, searcher, scheduler
 
 
-def test_weak_trials_wait_at_the_rung_and_only_the_best_trains_fully(ray_session, tmp_path):
+def test_weak_trials_wait_at_the_rung_and_only_the_best_trains_fully(local_ray, tmp_path):
     results, trained, searcher, scheduler = run(tmp_path, concurrent=2)
     assert not results.errors and len(results) == len(XS)
     # each trial trained each of its epochs once: a paused trial resumed from its checkpoint
@@ -95,7 +84,7 @@ def test_weak_trials_wait_at_the_rung_and_only_the_best_trains_fully(ray_session
     assert not scheduler.parked
 
 
-def test_one_trial_at_a_time_does_not_deadlock(ray_session, tmp_path):
+def test_one_trial_at_a_time_does_not_deadlock(local_ray, tmp_path):
     xs = [0.2, 0.6, 0.4]  # fewer trials than rf: no rung ever promotes, the end game must
     results, trained, _, scheduler = run(tmp_path, concurrent=1, xs=xs)
     assert not results.errors and len(results) == len(xs)
@@ -137,7 +126,7 @@ def test_limiter_state_leaves_the_scheduler_link_out():
     assert limiter.scheduler is scheduler
 
 
-def test_resume_with_trials_paused_at_a_rung_completes(ray_session, tmp_path):
+def test_resume_with_trials_paused_at_a_rung_completes(local_ray, tmp_path):
     """Interrupted while trials wait at a rung; Tuner.restore (what --resume runs) finishes the
     search: every trial ends, each epoch trained once, the best configuration in full."""
     log = tmp_path / "epochs.jsonl"

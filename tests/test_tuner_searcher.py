@@ -1,11 +1,9 @@
 """ASHA-stopped trials reach Optuna as PRUNED (Ray's OptunaSearch says COMPLETE), with real Tune runs."""
 
 import pickle
-import sys
 
 import optuna
 import pytest
-import ray
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
@@ -30,15 +28,6 @@ def toy_trainable(config):
         tune.report({"epoch": epoch, "score": config["x"] * epoch})
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    # Workers cannot import this test module by name: ship its functions by value.
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 # Strong trials first, so the weak ones meet a rung that ASHA has already filled.
 POINTS = [{"x": 0.9, "offset": 0}, {"x": 0.8, "offset": 1}, {"x": 0.1, "offset": 2}, {"x": 0.05, "offset": 3}]
 
@@ -55,7 +44,7 @@ def run_toy_search(searcher, tmp_path):
     return {r.metrics["trial_id"]: r.metrics["epoch"] for r in results}
 
 
-def test_asha_stopped_trials_are_pruned_in_the_study(ray_session, tmp_path):
+def test_asha_stopped_trials_are_pruned_in_the_study(local_ray, tmp_path):
     searcher = PruningOptunaSearch(space=BoundSpace(toy_space, base=None), metric="score", mode="max", seed=3,
                                    max_epochs=MAX_T, config_keys={"x"}, points_to_evaluate=POINTS)
     last_epochs = run_toy_search(searcher, tmp_path)
