@@ -42,25 +42,38 @@ def toy_trainable(config):
                         checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def run(tmp_path, concurrent: int, xs=XS, rf=4):
-    log = tmp_path / "epochs.jsonl"
+TRAINABLE = tune.with_resources(tune.with_parameters(toy_trainable), {"cpu": 1})
+
+
+def toy_tuner(tmp_path, concurrent: int, xs=XS, rf=4, name="toy"):
+    """(Tuner, searcher, scheduler): the toy trainable under PromotingASHA + RungLimiter, as
+    tuner.search builds them; every trained epoch is logged to tmp_path/epochs.jsonl."""
     searcher = PruningOptunaSearch(space=BoundSpace(toy_space, base=None), metric="score", mode="max", seed=0,
                                    max_epochs=MAX_T, config_keys={"x"}, points_to_evaluate=[{"x": x} for x in xs])
     scheduler = PromotingASHA(time_attr="epoch", metric="score", mode="max", max_t=MAX_T, grace_period=1,
                               reduction_factor=rf, num_samples=len(xs), max_concurrent=concurrent)
-    trainable = tune.with_parameters(toy_trainable)
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": 1}), param_space={"log": str(log)},
+        TRAINABLE, param_space={"log": str(tmp_path / "epochs.jsonl")},
         tune_config=tune.TuneConfig(metric="score", mode="max", search_alg=RungLimiter(searcher, concurrent),
                                     scheduler=scheduler, num_samples=len(xs), reuse_actors=True),
-        run_config=tune.RunConfig(storage_path=str(tmp_path), name="toy", verbose=0),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name=name, verbose=0),
     )
-    results = tuner.fit()
+    return tuner, searcher, scheduler
+
+
+def trained_epochs(tmp_path) -> dict:
+    """x -> the epochs its trial trained, in order (from the toy trainable's log)."""
     trained = {}
-    for line in log.read_text().splitlines():
+    for line in (tmp_path / "epochs.jsonl").read_text().splitlines():
         row = json.loads(line)
         trained.setdefault(row["x"], []).append(row["epoch"])
-    return results, trained, searcher, scheduler
+    return trained
+
+
+def run(tmp_path, concurrent: int, xs=XS, rf=4):
+    tuner, searcher, scheduler = toy_tuner(tmp_path, concurrent, xs, rf)
+    results = tuner.fit()
+    return results, trained_epochs(tmp_path), searcher, scheduler
 
 
 def test_weak_trials_wait_at_the_rung_and_only_the_best_trains_fully(local_ray, tmp_path):
@@ -132,18 +145,6 @@ def test_resume_with_trials_paused_at_a_rung_completes(local_ray, tmp_path):
     log = tmp_path / "epochs.jsonl"
     xs = [0.3, 0.2, 0.9, 0.1, 0.5]
 
-    def build():
-        searcher = PruningOptunaSearch(space=BoundSpace(toy_space, base=None), metric="score", mode="max", seed=0,
-                                       max_epochs=MAX_T, config_keys={"x"},
-                                       points_to_evaluate=[{"x": x} for x in xs])
-        scheduler = PromotingASHA(time_attr="epoch", metric="score", mode="max", max_t=MAX_T, grace_period=1,
-                                  reduction_factor=4, num_samples=len(xs), max_concurrent=1)
-        return tune.Tuner(
-            tune.with_resources(tune.with_parameters(toy_trainable), {"cpu": 1}), param_space={"log": str(log)},
-            tune_config=tune.TuneConfig(metric="score", mode="max", search_alg=RungLimiter(searcher, 1),
-                                        scheduler=scheduler, num_samples=len(xs), reuse_actors=True),
-            run_config=tune.RunConfig(storage_path=str(tmp_path), name="resumed", verbose=0))
-
     def ctrl_c_once_two_trials_wait():  # what Ctrl-C sends, once 2 trials reported epoch 1 (paused)
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -156,19 +157,15 @@ def test_resume_with_trials_paused_at_a_rung_completes(local_ray, tmp_path):
     killer = threading.Thread(target=ctrl_c_once_two_trials_wait, daemon=True)
     killer.start()
     try:
-        build().fit()
+        toy_tuner(tmp_path, concurrent=1, xs=xs, name="resumed")[0].fit()
     finally:
         killer.join(timeout=150)
         signal.signal(signal.SIGINT, previous)
     first = ExperimentAnalysis(str(tmp_path / "resumed")).trials
     assert "PAUSED" in {str(t.status) for t in first}  # interrupted with a trial waiting at the rung
-    trainable = tune.with_resources(tune.with_parameters(toy_trainable), {"cpu": 1})
-    results = tune.Tuner.restore(str(tmp_path / "resumed"), trainable=trainable, resume_unfinished=True).fit()
+    results = tune.Tuner.restore(str(tmp_path / "resumed"), trainable=TRAINABLE, resume_unfinished=True).fit()
     assert not results.errors and len(results) == len(xs)
-    trained = {}
-    for line in log.read_text().splitlines():
-        row = json.loads(line)
-        trained.setdefault(row["x"], []).append(row["epoch"])
+    trained = trained_epochs(tmp_path)
     waiting = {t.config["x"] for t in first if str(t.status) == "PAUSED"}
     for x, epochs in trained.items():
         assert sorted(set(epochs)) == list(range(1, max(epochs) + 1)), (x, epochs)

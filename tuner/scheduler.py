@@ -64,7 +64,6 @@ class PromotingASHA(FIFOScheduler):
         self._num_samples, self._max_concurrent = int(num_samples), int(max_concurrent)
         self.milestones = rung_milestones(int(grace_period), self._rf, self._max_t)
         self.recorded: dict[int, dict[str, float]] = {m: {} for m in self.milestones}
-        self.promoted: dict[int, set[str]] = {m: set() for m in self.milestones}
         self.parked: dict[str, int] = {}      # trial id -> the rung it waits at
         self.num_stopped_parked = 0
 
@@ -114,7 +113,6 @@ class PromotingASHA(FIFOScheduler):
             self.recorded[milestone][tid] = score
         milestone = new[-1]
         if tid in self.top(milestone):
-            self.promoted[milestone].add(tid)
             return TrialScheduler.CONTINUE
         self.parked[tid] = milestone
         return TrialScheduler.PAUSE
@@ -134,8 +132,7 @@ class PromotingASHA(FIFOScheduler):
             if choice is None and busy == 0 and self.parked and len(trials) >= self._num_samples:
                 choice = self._end_game(tune_controller, by_id)
             if choice is not None:
-                tid, milestone = choice
-                self.promoted[milestone].add(tid)
+                tid, _ = choice
                 del self.parked[tid]
                 return by_id[tid]
         for trial in trials:  # new trials, in order; never a paused one (that is a promotion)
@@ -172,8 +169,7 @@ class PromotingASHA(FIFOScheduler):
             limiter.scheduler = self
 
     def debug_string(self) -> str:
-        rungs = ", ".join(f"epoch {m}: {len(self.recorded[m])} ranked, {len(self.promoted[m])} promoted"
-                          for m in self.milestones)
+        rungs = ", ".join(f"epoch {m}: {len(self.recorded[m])} ranked" for m in self.milestones)
         return f"Successive halving (rf {self._rf}), {len(self.parked)} paused; {rungs}"
 
 
