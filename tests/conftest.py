@@ -11,6 +11,21 @@ def croptune_cache(tmp_path_factory, monkeypatch):
     return cache
 
 
+@pytest.fixture
+def cli_in_process(capsys):
+    """run(main, argv) -> (exit code, stdout, stderr): a CLI's main() in this process, wrapped as
+    its command wraps it (run_cli: a UserError becomes one `error:` line and exit code 2)."""
+    from trainable.errors import run_cli
+
+    def run(main, argv):
+        capsys.readouterr()
+        code = run_cli(main, argv)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
 def _free_port() -> int:
     import socket
 

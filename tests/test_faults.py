@@ -233,8 +233,17 @@ BAD_SEARCH_INPUT = {
 }
 
 
+# Run as the real command (a warning at import or a traceback would be a second line of the
+# terminal's stderr): one case per place a check runs (the data decoded on the driver, the model
+# check's child process, the tracking preflight). The others call run_search.py's main() in this
+# process as the command does (run_cli): the same checks without a fresh interpreter each.
+IN_A_PROCESS = {"corrupt image", "unknown backbone", "pretrained weights unavailable offline",
+                "unreachable mlflow server"}
+
+
 @pytest.mark.parametrize("case", sorted(BAD_SEARCH_INPUT))
-def test_bad_search_input_is_one_line_exit_2_and_writes_nothing(case, dataset, tmp_path):
+def test_bad_search_input_is_one_line_exit_2_and_writes_nothing(case, dataset, tmp_path, monkeypatch,
+                                                                cli_in_process):
     import shutil
 
     root = shutil.copytree(dataset, tmp_path / "data")
@@ -247,12 +256,20 @@ def test_bad_search_input_is_one_line_exit_2_and_writes_nothing(case, dataset, t
     else:
         argv = tiny_flags(root, storage, "bad") + (make(root, tmp_path) or [])
     before = sorted(p.relative_to(cwd) for p in cwd.rglob("*"))
-    proc = subprocess.run([sys.executable, RUN_SEARCH, *argv], cwd=cwd, capture_output=True, text=True,
-                          env=subprocess_env(CROPTUNE_CACHE_DIR=cache), timeout=240)
-    assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], proc.stderr
-    assert "Traceback" not in proc.stdout + proc.stderr
+    if case in IN_A_PROCESS:
+        proc = subprocess.run([sys.executable, RUN_SEARCH, *argv], cwd=cwd, capture_output=True, text=True,
+                              env=subprocess_env(CROPTUNE_CACHE_DIR=cache), timeout=240)
+        code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+    else:
+        import run_search
+
+        monkeypatch.setenv("CROPTUNE_CACHE_DIR", str(cache))
+        monkeypatch.chdir(cwd)
+        code, stdout, stderr = cli_in_process(run_search.main, argv)
+    assert code == 2, (stdout[-2000:], stderr[-2000:])
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], stderr
+    assert "Traceback" not in stdout + stderr
     assert sorted(p.relative_to(cwd) for p in cwd.rglob("*")) == before  # no experiment dir, no mlflow.db
     assert not [p for p in cache.rglob("*") if p.is_file()]  # no decoded-image cache either
 
