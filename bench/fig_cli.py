@@ -221,6 +221,42 @@ def first_result(ctx: Context) -> dict:
             "cpu_s": cpu, "loadavg": os.getloadavg()[0]}
 
 
+def _child(code: str, stdin: str | None = None) -> tuple[float, str]:
+    """`python -c code` in a fresh interpreter, from the repo (as run_search.py runs): (wall s, stdout)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    started = time.perf_counter()
+    out = subprocess.run([PYTHON, "-c", code], input=stdin, capture_output=True, text=True, env=env, cwd=REPO,
+                         timeout=300, check=True)
+    return time.perf_counter() - started, out.stdout
+
+
+# import ray + ray.init as tuner.search.connect starts a local Ray, timed from inside (its
+# shutdown is not part of a launch)
+RAY_START = ("import time\nstarted = time.perf_counter()\nimport ray\nfrom tuner.search import LOCAL_RAY_CONFIG\n"
+             "ray.init(address='local', _system_config=LOCAL_RAY_CONFIG)\n"
+             "print('ray-start', time.perf_counter() - started, flush=True)\nray.shutdown()")
+
+
+def serial_floor(first: dict) -> dict:
+    """The launch's steps that wait for one another, each alone on the machine: the model check
+    (the child process prepare_search starts: torch + timm + building the demo model; the driver's
+    own checks overlap it), a local Ray's start, a trial's imports in a fresh interpreter (a Tune
+    worker imports them before it trains) and the first result's own epoch (from the run). Tune's
+    scheduling, the worker process's start and the trial's data and model set-up are left out:
+    a floor, not an estimate."""
+    from bench.common import train_config
+
+    demo = train_config(bench_dataset(None), None)
+    model_check, _ = _child("from tuner.prepare import model_check_main; model_check_main()",
+                            stdin=json.dumps(demo.to_dict()))
+    _, printed = _child(RAY_START)
+    ray_start = float(printed.split("ray-start")[-1].split()[0])
+    imports, _ = _child(TRIAL_IMPORTS)
+    epoch = first.get("epoch_time_s") or float("nan")
+    return {"model_check_s": model_check, "ray_init_s": ray_start, "trial_imports_s": imports, "epoch_s": epoch,
+            "total_s": model_check + ray_start + imports + epoch}
+
+
 def run_p6(ctx: Context) -> FigureResult:
     prof = ctx.profile["cli"]
     fig = FigureResult("P6", "CLI latency and end to end")
@@ -241,6 +277,14 @@ def run_p6(ctx: Context) -> FigureResult:
                 f"{first['cpu_s']:.1f} s; {fmt_s(first['epoch_time_s'])} / "
                 f"{fmt_s(first['first_epoch_s'] - first['epoch_time_s'])}",
                 note=f"the work done, less load-sensitive than wall time (1-min load {first['loadavg']:.1f})")
+    if prof["first_result"] and prof["first_result_data"] is None:  # the floor of the demo launch
+        floor = serial_floor(first)
+        fig.raw["serial_floor"] = floor
+        fig.add("  its serial steps, each timed alone: model check + Ray start + a trial's imports + the epoch",
+                f"{fmt_s(floor['total_s'])} ({fmt_s(floor['model_check_s'])} + {fmt_s(floor['ray_init_s'])} + "
+                f"{fmt_s(floor['trial_imports_s'])} + {fmt_s(floor['epoch_s'])})",
+                note="each waits for the one before: checks before Ray starts, a trial after, its result "
+                     "after an epoch; the least the first result can take here with zero overhead")
     fig.sizing = {"help_runs": prof["help_runs"], "e2e": prof["e2e"]}
     return fig
 
