@@ -234,3 +234,38 @@ def test_search_hook_opens_the_store_in_the_background(tmp_path):
     again.start(None)
     with pytest.raises(UserError, match="deleted"):
         again.callbacks(SimpleNamespace(settings=None))
+
+
+def test_a_trial_paused_at_a_rung_shows_as_scheduled_until_it_resumes(tmp_path):
+    """The scheduler pauses trials at a rung (no process, checkpoint kept): their runs are
+    SCHEDULED + paused=true meanwhile, RUNNING again on resume; paused when the search is
+    interrupted, they end KILLED + interrupted=true like the running ones."""
+    from tuner.tracking_callback import MlflowTrialCallback
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = tracking.client_for(uri)
+    experiment_id = tracking.ensure_experiment(client, "rungs")
+    parent = tracking.start_parent_run(client, experiment_id, "s", params={})
+    callback = MlflowTrialCallback(uri, experiment_id, parent, base_config={"epochs": 4}, strict=True)
+    a, b = (SimpleNamespace(trial_id=t, config={}, last_result={}, num_failures=0, status="RUNNING") for t in "ab")
+
+    def state(trial):
+        run = client.get_run(callback.run_id(trial.trial_id))
+        return run.info.status, run.data.tags.get("paused"), run.data.tags.get("interrupted")
+
+    for trial in (a, b):
+        callback.on_trial_start(0, [a, b], trial)
+        callback.on_trial_result(0, [a, b], trial, {"epoch": 1, "macro_f1": 0.1})
+    a.status = "PAUSED"
+    callback.on_step_end(1, [a, b])
+    callback.on_step_end(2, [a, b])  # still paused: marked once
+    assert state(a) == ("SCHEDULED", "true", None) and state(b) == ("RUNNING", None, None)
+    a.status = "RUNNING"  # promoted: resumed from its checkpoint
+    callback.on_trial_start(3, [a, b], a)
+    callback.on_trial_result(3, [a, b], a, {"epoch": 2, "macro_f1": 0.2})
+    assert state(a) == ("RUNNING", None, None)
+    assert [m.step for m in client.get_metric_history(callback.run_id("a"), "macro_f1")] == [1, 2]
+    b.status = "PAUSED"
+    callback.on_step_end(4, [a, b])
+    callback.on_experiment_end([a, b])  # Ctrl-C with b paused at the rung and a running
+    assert state(a) == state(b) == ("KILLED", None, "true")

@@ -8,6 +8,9 @@ tag under the parent run. End states:
     KILLED    ASHA (or a stopper) ended it before its last epoch  stopped_early=true
     FAILED    it raised after its retries                         diverged=true for a DivergedError
     KILLED    the search ended (Ctrl-C, time budget) meanwhile    interrupted=true (reopened on resume)
+
+While the scheduler holds a trial at a rung (PAUSED, its checkpoint saved, no process) its run
+is SCHEDULED with paused=true, and RUNNING again when the trial resumes.
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ class MlflowTrialCallback(Callback):
         self._last_step: dict[str, int] = {}   # trial_id -> last logged step
         self._stop_requested: set[str] = set()  # trial ids whose last result carried done=True
         self._active: set[str] = set()          # trial ids whose run this driver has (re)opened
+        self._paused: set[str] = set()          # trial ids whose run is marked paused (SCHEDULED)
         self._warned: set[str] = set()
 
     # Tune pickles RunConfig (callbacks included) into the experiment; a client is not state.
@@ -146,9 +150,25 @@ class MlflowTrialCallback(Callback):
         self._close(trial, "FAILED")
 
     @_never_fatal
-    def on_experiment_end(self, trials, **info):
-        # Trials still open here were stopped with the search (Ctrl-C, time budget, driver error).
+    def on_step_end(self, iteration, trials, **info):
+        # Tune has no pause hook: a trial the scheduler paused shows up here, once per step.
         for trial in trials:
+            if trial.status == "PAUSED" and trial.trial_id in self._active:
+                run_id = self._runs[trial.trial_id]
+                self.client.set_tag(run_id, "paused", "true")
+                self.client.update_run(run_id, status="SCHEDULED")
+                self._active.discard(trial.trial_id)  # the next hook for it reopens the run
+                self._paused.add(trial.trial_id)
+
+    @_never_fatal
+    def on_experiment_end(self, trials, **info):
+        # Trials still open here were stopped with the search (Ctrl-C, time budget, driver error),
+        # paused ones included: all are reopened on resume.
+        for trial in trials:
+            if trial.trial_id in self._paused:
+                self.client.delete_tag(self._runs[trial.trial_id], "paused")
+                self._paused.discard(trial.trial_id)
+                self._active.add(trial.trial_id)
             if trial.trial_id in self._active:
                 self.client.set_tag(self._runs[trial.trial_id], "interrupted", "true")
                 self._close(trial, "FAILED" if trial.status == "ERROR" else "KILLED")
@@ -172,12 +192,14 @@ class MlflowTrialCallback(Callback):
             run = self.client.get_run(run_id)
             if run.info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
-            if "interrupted" in run.data.tags:
-                self.client.delete_tag(run_id, "interrupted")
+            for tag in ("interrupted", "paused"):
+                if tag in run.data.tags:
+                    self.client.delete_tag(run_id, tag)
             logged = _last_logged_step(self.client, run)
             self._last_step[trial_id] = max(self._last_step.get(trial_id, -1), logged)
         self._runs[trial_id] = run_id
         self._active.add(trial_id)
+        self._paused.discard(trial_id)
         return run_id
 
     def _find_run(self, trial_id: str) -> str | None:
