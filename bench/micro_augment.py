@@ -88,9 +88,17 @@ def profile(cache: int, out: int, batch: int, threads: int, rounds: int) -> dict
         for i in range(batch):
             augment._colour_one(x4[i:i + 1].clone(), factor_list[i], out_batch[i:i + 1], scratch)
 
+    def fresh_outputs():  # cpu_workspace.output_batch's recycling off: a new batch every call
+        recycled, augment.output_batch = augment.output_batch, torch.empty
+        try:
+            return augment.train_augment(images, out, light=False, generator=g)
+        finally:
+            augment.output_batch = recycled
+
     rows = {
         "previous (grid_sample) pipeline": lambda: grid_sample_augment(images, out, g),
         "train_augment (whole)": lambda: augment.train_augment(images, out, light=False, generator=g),
+        "train_augment, a fresh output batch each": fresh_outputs,
         "train_augment, light": lambda: augment.train_augment(images, out, light=True, generator=g),
         "crop + flip + uint8 resize, per sample": lambda: [augment._crop_resize(images[i], box_list[i], flip_list[i], out)
                                                           for i in range(batch)],

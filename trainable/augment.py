@@ -13,9 +13,10 @@ Why it is fast on the CPU (the seed's PIL pipeline costs ~6 ms per 224 px image)
 - brightness and contrast fold into one clamp, saturation and normalisation into a 3x3
   matrix + offset and a per-channel clamp: a few passes over chunks that stay in the L2
   cache (one image at 224 px), never a whole-batch float temporary;
-- chunks run on a thread pool (the caller's torch thread count, one intra-op thread each),
-  not OpenMP: a barrier per small op is what makes 2-thread torch slow on a loaded machine;
-- the output reuses an earlier batch's memory once nothing references it (`_output_batch`).
+- from 96 px up, chunks run on a thread pool (the caller's torch thread count, one intra-op
+  thread each), not OpenMP: a barrier per small op is what makes 2-thread torch slow on a
+  loaded machine;
+- the output reuses an earlier batch's memory once nothing references it (`cpu_workspace.output_batch`).
 On other devices the crop+flip+resize is two batched matmuls with the same filter weights
 (`_resample_matrices`), rounded as the uint8 kernel rounds, and the colour step takes the
 whole batch: CPU and GPU agree up to the uint8 kernel's rounding of its intermediate pass.
@@ -29,13 +30,12 @@ from it.
 from __future__ import annotations
 
 import math
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from trainable.cpu_workspace import output_batch, scratch, thread_pool
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,6 +51,10 @@ _HIGH = tuple((1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=Tr
 # Samples per CPU chunk: out_size² x samples <= this, so a chunk's float planes (~0.8 MB)
 # stay in the L2 cache through the colour steps (one sample at 224 px, 16 at 64 px).
 _CHUNK_PIXELS = 1 << 16
+# Below this output size the thread pool does not pay: the per-sample work is mostly Python
+# dispatch, serialised by the GIL (`python -m bench.micro_augment`; on 2 cores, 1 vs 2 threads:
+# 0.77-0.88x at 48-64 px, 1.08-1.19x at 96-224 px).
+_POOL_MIN_SIZE = 96
 
 
 def _check_batch(images: torch.Tensor, uint8: bool = False) -> None:
@@ -210,94 +214,18 @@ def _crop_resize_batched(images: torch.Tensor, boxes: torch.Tensor, flips: torch
     return x.round_().clamp_(0.0, 255.0).contiguous()
 
 
-# ---------------------------------------------------------------------- CPU threads
-_local = threading.local()
-
-
-def _scratch(name: str, numel: int) -> torch.Tensor:
-    """A float32 CPU buffer reused per thread: a fresh 0.6 MB one costs page faults."""
-    buf = getattr(_local, name, None)
-    if buf is None or buf.numel() < numel:
-        buf = torch.empty(numel)
-        setattr(_local, name, buf)
-    return buf[:numel]
-
-
-_pool: dict = {}
-_pool_lock, _outputs_lock = threading.Lock(), threading.Lock()
-
-
-def _forget_pool() -> None:  # a forked child has the pool object but not its threads
-    global _pool_lock, _outputs_lock
-    _pool.clear()
-    _pool_lock, _outputs_lock = threading.Lock(), threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
-def _thread_pool(workers: int) -> ThreadPoolExecutor:
-    """A pool of `workers` threads with one intra-op torch thread each (made once per size)."""
-    with _pool_lock:
-        if _pool.get("workers") != workers:
-            if "pool" in _pool:
-                _pool["pool"].shutdown(wait=False)
-            caller_threads = torch.get_num_threads()
-            pool = ThreadPoolExecutor(workers, thread_name_prefix="croptune-augment",
-                                      initializer=torch.set_num_threads, initargs=(1,))
-            barrier = threading.Barrier(workers)  # start all threads now: all initializers have run
-            list(pool.map(lambda _: barrier.wait(), range(workers)))
-            # set_num_threads also sets the count for threads torch has not seen yet
-            # (e.g. a Tune trainable's thread): give that default back to the caller's count
-            torch.set_num_threads(caller_threads)
-            _pool.update(workers=workers, pool=pool)
-        return _pool["pool"]
-
-
-_outputs: list[tuple[torch.Tensor, int]] = []  # (buffer, storage use count when only the cache holds it)
-_OUTPUTS_KEPT = 4
-
-
-def _use_count(buffer: torch.Tensor) -> int:  # references to its storage, from any tensor
-    return torch._C._storage_Use_Count(buffer.untyped_storage()._cdata)
-
-
-def _output_batch(shape: tuple[int, ...]) -> torch.Tensor:
-    """A float32 CPU tensor of `shape`, in memory of an earlier output nobody references now.
-
-    A fresh 38 MB batch (64 x 224 px) is page-faulted in on first touch: ~25 ms, a third of
-    the augmentation. The loop holds batch i while it makes batch i + 1: a few buffers cycle.
-    One is reused only when its storage has no other user (no tensor, view, saved-for-backward
-    or numpy alias of it alive): nothing else can still be reading it."""
-    numel = math.prod(shape)
-    if not hasattr(torch._C, "_storage_Use_Count"):  # private API: without it, no reuse
-        return torch.empty(shape)
-    with _outputs_lock:
-        free = [i for i, (buffer, alone) in enumerate(_outputs) if _use_count(buffer) == alone]
-        for i in free:
-            if _outputs[i][0].numel() == numel:
-                return _outputs[i][0].view(shape)
-        buffer = torch.empty(numel)
-        if len(_outputs) < _OUTPUTS_KEPT:
-            _outputs.append((buffer, _use_count(buffer)))
-        elif free:  # replace a free buffer of another size (progressive resizing, a last batch)
-            _outputs[free[0]] = (buffer, _use_count(buffer))
-        return buffer.view(shape)
-
-
 def _train_cpu(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, out_size: int,
                factors: torch.Tensor | None, matrices: torch.Tensor) -> torch.Tensor:
     n = images.shape[0]
-    out = _output_batch((n, 3, out_size, out_size))
+    out = output_batch((n, 3, out_size, out_size))
     chunk = max(1, _CHUNK_PIXELS // (out_size * out_size))
     box_list, flip_list = boxes.tolist(), flips.tolist()
     factor_list = [None] * n if factors is None else factors.tolist()
 
     def one_per_chunk(mine: list[int]) -> None:
-        x = _scratch("x4", 4 * out_size * out_size).view(1, 4, out_size, out_size)
+        x = scratch("x4", 4 * out_size * out_size).view(1, 4, out_size, out_size)
         x[0, 3].fill_(1.0)  # the plane of ones that _colour_one's matrix turns into the offset
-        limited = _scratch("limited", 3 * out_size * out_size)
+        limited = scratch("limited", 3 * out_size * out_size)
         for i in mine:
             x[0, :3].copy_(_crop_resize(images[i], box_list[i], flip_list[i], out_size)[0])
             _colour_one(x, factor_list[i], out[i:i + 1], limited)
@@ -306,20 +234,20 @@ def _train_cpu(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, o
         for i0 in mine:
             i1 = min(n, i0 + chunk)
             numel = (i1 - i0) * 3 * out_size * out_size
-            x = _scratch("x", numel).view(i1 - i0, 3, out_size, out_size)
+            x = scratch("x", numel).view(i1 - i0, 3, out_size, out_size)
             for i in range(i0, i1):  # the uint8 kernel returns NCHW: x's planes are dense
                 x[i - i0].copy_(_crop_resize(images[i], box_list[i], flip_list[i], out_size)[0])
             jitter = None if factors is None else factors[i0:i1]
-            _colour(x, jitter, matrices[i0:i1], out[i0:i1], _scratch("limited", numel))
+            _colour(x, jitter, matrices[i0:i1], out[i0:i1], scratch("limited", numel))
 
     run = one_per_chunk if chunk == 1 else chunks
     starts = list(range(0, n, chunk))
     workers = torch.get_num_threads()  # the caller's CPU budget (Tune sets it per trial)
-    if workers <= 1 or len(starts) <= 1:
+    if workers <= 1 or len(starts) <= 1 or out_size < _POOL_MIN_SIZE:
         run(starts)
     else:  # a few tasks per thread: fewer hand-offs than one per chunk, still balanced under load
         tasks = min(len(starts), 4 * workers)
-        list(_thread_pool(workers).map(lambda t: run(starts[t::tasks]), range(tasks)))
+        list(thread_pool(workers).map(lambda t: run(starts[t::tasks]), range(tasks)))
     return out
 
 
