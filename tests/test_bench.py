@@ -121,6 +121,25 @@ def test_bare_timm_loop_runs_on_cpu():
     assert fig_cuda.fixed_space(None, None) == {}
 
 
+def test_gpu_trial_figure_runs_its_search_on_the_cpu(tiny_demo):
+    """G1's trial half (a one-trial search of the fixed space on the demo images listed several
+    times) on the CPU with a test model: its flags, dataset and result keys, before a GPU session
+    depends on them."""
+    train_images = sum(1 for _ in open(layout_paths(tiny_demo)["train_meta"])) - 1
+    images = 2 * train_images + 1  # the train list repeated 3 times
+    ctx = common.Context(mode="quick", run_id="g1")
+    try:
+        rows = fig_cuda.trial_results(ctx, images=images, epochs=2, device_flags=["--device", "cpu"],
+                                      model="test_resnet", size=32, batch=16)
+    finally:
+        common.stop_ray()
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["time_this_iter_s"] >= row["epoch_time_s"] > 0 and 0 <= row["data_wait_frac"] < 1
+        seen = row["train_images_per_s"] * row["train_time_s"]  # images trained in the epoch
+        assert 3 * train_images - 16 <= round(seen) <= 3 * train_images
+
+
 def test_stats_helpers():
     assert common.median([3.0, float("nan"), 1.0, 2.0]) == 2.0
     mean, std = common.mean_std([1.0, 3.0])
