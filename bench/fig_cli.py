@@ -13,8 +13,8 @@ scratch working directory (so an MLflow store it creates lands there):
 - P6: `run_search.py --help` (median of several runs); the time from launching
   `run_search.py --space stage_epochs --demo` until the first trial's first result is in the
   experiment directory (the search is then stopped with Ctrl-C), with the CPU seconds the process
-  tree used until then (the work, which the machine's load changes less than the wall time);
-  the demo search end to end (measured in --full mode; otherwise projected, see `project_e2e`).
+  tree used until then (the work, which the machine's load changes less than the wall time)
+  and the launch's serial floor (`serial_floor`); the demo search end to end (measured in --full mode; otherwise projected, see `project_e2e`).
 """
 
 from __future__ import annotations
@@ -54,6 +54,15 @@ def _scratch(ctx: Context, name: str) -> Path:
     path = ctx.work / "cwd" / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _child(code: str, stdin: str | None = None) -> tuple[float, str]:
+    """`python -c code` in a fresh interpreter, from the repo (as run_search.py runs): (wall s, stdout)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    started = time.perf_counter()
+    out = subprocess.run([PYTHON, "-c", code], input=stdin, capture_output=True, text=True, env=env, cwd=REPO,
+                         timeout=300, check=True)
+    return time.perf_counter() - started, out.stdout
 
 
 # ---------------------------------------------------------------------------------- P5
@@ -106,11 +115,9 @@ TRIAL_IMPORTS = "import trainable.tune_entry, trainable.loop, ray.tune"
 
 def _import_floor_mib() -> float:
     """RSS of a fresh interpreter after a trial's imports alone: the least a trial worker costs."""
-    code = (f"{TRIAL_IMPORTS}\n"
-            "print([int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS:')][0])")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=300, check=True)
-    return int(out.stdout.split()[-1]) / 1024
+    _, out = _child(f"{TRIAL_IMPORTS}\n"
+                    "print([int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS:')][0])")
+    return int(out.split()[-1]) / 1024
 
 
 def _split(run: dict, trials: int) -> dict:
@@ -221,34 +228,27 @@ def first_result(ctx: Context) -> dict:
             "cpu_s": cpu, "loadavg": os.getloadavg()[0]}
 
 
-def _child(code: str, stdin: str | None = None) -> tuple[float, str]:
-    """`python -c code` in a fresh interpreter, from the repo (as run_search.py runs): (wall s, stdout)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    started = time.perf_counter()
-    out = subprocess.run([PYTHON, "-c", code], input=stdin, capture_output=True, text=True, env=env, cwd=REPO,
-                         timeout=300, check=True)
-    return time.perf_counter() - started, out.stdout
-
-
 # import ray + ray.init as tuner.search.connect starts a local Ray, timed from inside (its
 # shutdown is not part of a launch)
-RAY_START = ("import time\nstarted = time.perf_counter()\nimport ray\nfrom tuner.search import LOCAL_RAY_CONFIG\n"
+RAY_START = ("import time\nfrom tuner.search import LOCAL_RAY_CONFIG\nstarted = time.perf_counter()\nimport ray\n"
              "ray.init(address='local', _system_config=LOCAL_RAY_CONFIG)\n"
              "print('ray-start', time.perf_counter() - started, flush=True)\nray.shutdown()")
 
 
 def serial_floor(first: dict) -> dict:
-    """The launch's steps that wait for one another, each alone on the machine: the model check
-    (the child process prepare_search starts: torch + timm + building the demo model; the driver's
-    own checks overlap it), a local Ray's start, a trial's imports in a fresh interpreter (a Tune
-    worker imports them before it trains) and the first result's own epoch (from the run). Tune's
-    scheduling, the worker process's start and the trial's data and model set-up are left out:
-    a floor, not an estimate."""
+    """The launch's steps that wait for one another, each run alone, one after another: the
+    model check (the child process prepare_search starts: torch + timm + building the demo
+    model; the driver's own checks overlap it), a local Ray's start (import ray + ray.init), a
+    trial's imports in a fresh interpreter (a Tune worker imports them before it trains; the
+    interpreter's own start is in it) and the first result's own epoch (from the run). Tune's
+    scheduling and the trial's data and model set-up are left out: a floor, not an estimate."""
     from bench.common import train_config
 
     demo = train_config(bench_dataset(None), None)
-    model_check, _ = _child("from tuner.prepare import model_check_main; model_check_main()",
-                            stdin=json.dumps(demo.to_dict()))
+    model_check, verdict = _child("from tuner.prepare import model_check_main; model_check_main()",
+                                  stdin=json.dumps(demo.to_dict()))
+    if '"error": null' not in verdict:
+        raise RuntimeError(f"the model check of the demo config failed: {verdict.strip()[-300:]}")
     _, printed = _child(RAY_START)
     ray_start = float(printed.split("ray-start")[-1].split()[0])
     imports, _ = _child(TRIAL_IMPORTS)
@@ -278,13 +278,17 @@ def run_p6(ctx: Context) -> FigureResult:
                 f"{fmt_s(first['first_epoch_s'] - first['epoch_time_s'])}",
                 note=f"the work done, less load-sensitive than wall time (1-min load {first['loadavg']:.1f})")
     if prof["first_result"] and prof["first_result_data"] is None:  # the floor of the demo launch
-        floor = serial_floor(first)
-        fig.raw["serial_floor"] = floor
-        fig.add("  its serial steps, each timed alone: model check + Ray start + a trial's imports + the epoch",
-                f"{fmt_s(floor['total_s'])} ({fmt_s(floor['model_check_s'])} + {fmt_s(floor['ray_init_s'])} + "
-                f"{fmt_s(floor['trial_imports_s'])} + {fmt_s(floor['epoch_s'])})",
-                note="each waits for the one before: checks before Ray starts, a trial after, its result "
-                     "after an epoch; the least the first result can take here with zero overhead")
+        try:
+            floor = serial_floor(first)
+        except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
+            fig.add("  its serial steps, each timed alone", f"n/a ({str(exc)[:200]})")
+        else:
+            fig.raw["serial_floor"] = floor
+            fig.add("  its serial steps, each timed alone: model check + Ray start + a trial's imports + the epoch",
+                    f"{fmt_s(floor['total_s'])} ({fmt_s(floor['model_check_s'])} + {fmt_s(floor['ray_init_s'])} + "
+                    f"{fmt_s(floor['trial_imports_s'])} + {fmt_s(floor['epoch_s'])})",
+                    note="each waits for the one before: checks before Ray starts, a trial after, its result "
+                         "after an epoch; each run alone, one after another: a floor with zero overhead")
     fig.sizing = {"help_runs": prof["help_runs"], "e2e": prof["e2e"]}
     return fig
 

@@ -14,13 +14,19 @@ def croptune_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def cli_in_process(capsys):
     """run(main, argv) -> (exit code, stdout, stderr): a CLI's main() in this process, wrapped as
-    its command wraps it (run_cli: a UserError becomes one `error:` line and exit code 2)."""
+    its command wraps it (run_cli: a UserError becomes one `error:` line and exit code 2);
+    warnings raised meanwhile are added to stderr, where the command would print them."""
+    import warnings
+
     from trainable.errors import run_cli
 
     def run(main, argv):
         capsys.readouterr()
-        code = run_cli(main, argv)
+        with warnings.catch_warnings(record=True) as caught:  # a terminal would show them on stderr
+            warnings.simplefilter("always")
+            code = run_cli(main, argv)
         out, err = capsys.readouterr()
+        err += "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught)
         return code, out, err
 
     return run

@@ -137,7 +137,7 @@ def test_gpu_trial_figure_runs_its_search_on_the_cpu(tiny_demo):
     for row in rows:
         assert row["time_this_iter_s"] >= row["epoch_time_s"] > 0 and 0 <= row["data_wait_frac"] < 1
         seen = row["train_images_per_s"] * row["train_time_s"]  # images trained in the epoch
-        assert 3 * train_images - 16 <= round(seen) <= 3 * train_images
+        assert 3 * train_images - 1 <= round(seen) <= 3 * train_images  # fit() drops a last batch of 1
 
 
 def test_stats_helpers():

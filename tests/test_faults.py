@@ -1,5 +1,7 @@
 """What survives what: crashes, interrupts, divergence, interrupted writes and bad input,
-with real processes and real signals, on tiny synthetic data (32 px, test_resnet, 2 epochs).
+with real processes and real signals (bad input: one real process per kind of check, the
+other cases through main() in this process), on tiny synthetic data (32 px, test_resnet,
+2 epochs).
 
 1. a trial's Ray worker SIGKILLed mid-epoch restarts from its last checkpoint, in the same
    MLflow run, and the search completes      test_worker_killed_mid_epoch_restarts_from_its_checkpoint
@@ -237,8 +239,8 @@ BAD_SEARCH_INPUT = {
 # terminal's stderr): one case per place a check runs (the data decoded on the driver, the model
 # check's child process, the tracking preflight). The others call run_search.py's main() in this
 # process as the command does (run_cli): the same checks without a fresh interpreter each.
-IN_A_PROCESS = {"corrupt image", "unknown backbone", "pretrained weights unavailable offline",
-                "unreachable mlflow server"}
+OWN_PROCESS = {"corrupt image", "unknown backbone", "pretrained weights unavailable offline",
+               "unreachable mlflow server"}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_SEARCH_INPUT))
@@ -256,16 +258,21 @@ def test_bad_search_input_is_one_line_exit_2_and_writes_nothing(case, dataset, t
     else:
         argv = tiny_flags(root, storage, "bad") + (make(root, tmp_path) or [])
     before = sorted(p.relative_to(cwd) for p in cwd.rglob("*"))
-    if case in IN_A_PROCESS:
+    if case in OWN_PROCESS:
         proc = subprocess.run([sys.executable, RUN_SEARCH, *argv], cwd=cwd, capture_output=True, text=True,
                               env=subprocess_env(CROPTUNE_CACHE_DIR=cache), timeout=240)
         code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
     else:
-        import run_search
+        import tuner.search  # what run_search.py runs for a search
 
+        def got_past_the_checks(*args, **kwargs):  # fail now, not after a whole search
+            raise AssertionError("bad input reached Ray")
+
+        monkeypatch.setattr(tuner.search, "connect", got_past_the_checks)
         monkeypatch.setenv("CROPTUNE_CACHE_DIR", str(cache))
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         monkeypatch.chdir(cwd)
-        code, stdout, stderr = cli_in_process(run_search.main, argv)
+        code, stdout, stderr = cli_in_process(tuner.search.main, argv)
     assert code == 2, (stdout[-2000:], stderr[-2000:])
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], stderr

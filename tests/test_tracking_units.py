@@ -247,15 +247,17 @@ def test_a_trial_paused_at_a_rung_shows_as_scheduled_until_it_resumes(tmp_path):
     experiment_id = tracking.ensure_experiment(client, "rungs")
     parent = tracking.start_parent_run(client, experiment_id, "s", params={})
     callback = MlflowTrialCallback(uri, experiment_id, parent, base_config={"epochs": 4}, strict=True)
-    a, b = (SimpleNamespace(trial_id=t, config={}, last_result={}, num_failures=0, status="RUNNING") for t in "ab")
+    a, b, c = (SimpleNamespace(trial_id=t, config={}, last_result={}, num_failures=0, status="RUNNING")
+               for t in "abc")
 
     def state(trial):
         run = client.get_run(callback.run_id(trial.trial_id))
         return run.info.status, run.data.tags.get("paused"), run.data.tags.get("interrupted")
 
-    for trial in (a, b):
-        callback.on_trial_start(0, [a, b], trial)
-        callback.on_trial_result(0, [a, b], trial, {"epoch": 1, "macro_f1": 0.1})
+    for trial in (a, b, c):
+        callback.on_trial_start(0, [a, b, c], trial)
+        callback.on_trial_result(0, [a, b, c], trial, {"epoch": 1, "macro_f1": 0.1})
+        trial.last_result = {"epoch": 1}
     a.status = "PAUSED"
     callback.on_step_end(1, [a, b])
     callback.on_step_end(2, [a, b])  # still paused: marked once
@@ -265,7 +267,14 @@ def test_a_trial_paused_at_a_rung_shows_as_scheduled_until_it_resumes(tmp_path):
     callback.on_trial_result(3, [a, b], a, {"epoch": 2, "macro_f1": 0.2})
     assert state(a) == ("RUNNING", None, None)
     assert [m.step for m in client.get_metric_history(callback.run_id("a"), "macro_f1")] == [1, 2]
+    c.status = "PAUSED"
+    callback.on_step_end(4, [a, b, c])
+    c.status = "TERMINATED"  # the scheduler's end game stops a paused trial: Tune completes it
+    callback.on_trial_complete(5, [a, b, c], c)
+    assert state(c) == ("KILLED", None, None)
+    assert client.get_run(callback.run_id("c")).data.tags["stopped_early"] == "true"
     b.status = "PAUSED"
-    callback.on_step_end(4, [a, b])
-    callback.on_experiment_end([a, b])  # Ctrl-C with b paused at the rung and a running
+    callback.on_step_end(6, [a, b, c])
+    callback.on_experiment_end([a, b, c])  # Ctrl-C with b paused at the rung and a running
     assert state(a) == state(b) == ("KILLED", None, "true")
+    assert state(c) == ("KILLED", None, None)  # already ended: left as it was

@@ -1,6 +1,6 @@
 """Bad input through `python -m trainable`: one line, exit 2, no traceback, nothing written.
 
-The cases in IN_A_PROCESS run the real command (what a user's terminal shows: a warning at
+The cases in OWN_PROCESS run the real command (what a user's terminal shows: a warning at
 import or a traceback would be a second line); the others run its main() in this process, as
 `python -m trainable` does (run_cli), which checks the same code without the ~5 s of a fresh
 interpreter importing torch each time.
@@ -93,7 +93,7 @@ def _not_a_checkpoint(tmp: Path) -> Path:
 
 
 # a data error found while decoding, and the model check reaching for weights offline
-IN_A_PROCESS = {"corrupt image", "pretrained weights unavailable offline"}
+OWN_PROCESS = {"corrupt image", "pretrained weights unavailable offline"}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -107,16 +107,22 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, dataset, tmp_p
     argv = [*flags_for(root), "--backbone", "test_resnet", "--no-pretrained", "--image-size", "32",
             "--progressive-image-size", "32", "--epochs", "2", "--num-workers", "0", "--save-dir", str(save_dir),
             *extra]
-    if case in IN_A_PROCESS:
+    if case in OWN_PROCESS:
         env = {**os.environ, "CROPTUNE_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
         proc = subprocess.run([sys.executable, "-m", "trainable", *argv], capture_output=True, text=True, env=env,
                               timeout=120)
         code, stderr = proc.returncode, proc.stderr
     else:
-        from trainable.__main__ import main
+        import trainable.__main__ as command
 
+        def got_past_the_checks(*args, **kwargs):  # fail now, not after a whole training run
+            raise AssertionError("bad input reached training")
+
+        monkeypatch.setattr(command, "train", got_past_the_checks)
         monkeypatch.setenv("CROPTUNE_CACHE_DIR", str(cache))
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         monkeypatch.chdir(tmp_path)
+        main = command.main
         code, _, stderr = cli_in_process(main, argv)
     assert code == 2, stderr
     lines = stderr.strip().splitlines()

@@ -52,8 +52,10 @@ _HIGH = tuple((1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=Tr
 # stay in the L2 cache through the colour steps (one sample at 224 px, 16 at 64 px).
 _CHUNK_PIXELS = 1 << 16
 # Below this output size the thread pool does not pay: the per-sample work is mostly Python
-# dispatch, serialised by the GIL (`python -m bench.micro_augment`; on 2 cores, 1 vs 2 threads:
-# 0.77-0.88x at 48-64 px, 1.08-1.19x at 96-224 px).
+# dispatch, serialised by the GIL. Measured on 2 cores before the threshold, train_augment with
+# the pool of 2 vs 1 thread, interleaved: 0.77-0.88x at 48-64 px, 1.08-1.19x at 96-224 px.
+# Below it the chunks run on the calling thread, whose torch ops still use torch's own threads
+# (`python -m bench.micro_augment --sizes 48,64,96,224` times 1 and 2 threads at each size).
 _POOL_MIN_SIZE = 96
 
 

@@ -154,24 +154,31 @@ class MlflowTrialCallback(Callback):
         # Tune has no pause hook: a trial the scheduler paused shows up here, once per step.
         for trial in trials:
             if trial.status == "PAUSED" and trial.trial_id in self._active:
+                # moved first: with the store down, a pause is tried once, not at every step
+                self._active.discard(trial.trial_id)  # the next hook for it reopens the run
+                self._paused.add(trial.trial_id)
                 run_id = self._runs[trial.trial_id]
                 self.client.set_tag(run_id, "paused", "true")
                 self.client.update_run(run_id, status="SCHEDULED")
-                self._active.discard(trial.trial_id)  # the next hook for it reopens the run
-                self._paused.add(trial.trial_id)
 
-    @_never_fatal
     def on_experiment_end(self, trials, **info):
         # Trials still open here were stopped with the search (Ctrl-C, time budget, driver error),
-        # paused ones included: all are reopened on resume.
+        # paused ones included: all are reopened on resume. One at a time: a failure for one
+        # trial must not leave the others open.
         for trial in trials:
-            if trial.trial_id in self._paused:
-                self.client.delete_tag(self._runs[trial.trial_id], "paused")
-                self._paused.discard(trial.trial_id)
-                self._active.add(trial.trial_id)
-            if trial.trial_id in self._active:
-                self.client.set_tag(self._runs[trial.trial_id], "interrupted", "true")
-                self._close(trial, "FAILED" if trial.status == "ERROR" else "KILLED")
+            if trial.trial_id in self._active or trial.trial_id in self._paused:
+                self._close_interrupted(trial)
+
+    @_never_fatal
+    def _close_interrupted(self, trial) -> None:
+        run_id = self._runs[trial.trial_id]
+        if trial.trial_id in self._paused:
+            self._paused.discard(trial.trial_id)
+            self._active.add(trial.trial_id)
+            if "paused" in self.client.get_run(run_id).data.tags:
+                self.client.delete_tag(run_id, "paused")
+        self.client.set_tag(run_id, "interrupted", "true")
+        self._close(trial, "FAILED" if trial.status == "ERROR" else "KILLED")
 
     def get_state(self):
         return {"runs": dict(self._runs), "last_step": dict(self._last_step)}
