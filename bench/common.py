@@ -441,13 +441,20 @@ def _by_name(rss_kib: dict[int, int]) -> dict[str, float]:
     return dict(sorted(out.items(), key=lambda item: -item[1]))
 
 
+def repo_env(**extra: str) -> dict:
+    """This process's environment (+ extra) with the repo first on PYTHONPATH: a child Python
+    imports tuner/, trainable/ and bench/ from this checkout."""
+    env = {**os.environ, **extra}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
 def launch(argv: list[str], log_path: Path, cwd: Path, env: dict | None = None) -> subprocess.Popen:
     """Start argv in cwd (a scratch dir: an MLflow store or checkpoints it writes land there)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     Path(cwd).mkdir(parents=True, exist_ok=True)
     log = open(log_path, "w")
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
+    full_env = repo_env(PYTHONUNBUFFERED="1", **(env or {}))
     proc = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=full_env,
                             start_new_session=True)
     proc._bench_log = log  # closed in finish()

@@ -40,6 +40,7 @@ from bench.common import (
     interrupt,
     launch,
     median,
+    repo_env,
     say,
 )
 
@@ -58,10 +59,9 @@ def _scratch(ctx: Context, name: str) -> Path:
 
 def _child(code: str, stdin: str | None = None) -> tuple[float, str]:
     """`python -c code` in a fresh interpreter, from the repo (as run_search.py runs): (wall s, stdout)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     started = time.perf_counter()
-    out = subprocess.run([PYTHON, "-c", code], input=stdin, capture_output=True, text=True, env=env, cwd=REPO,
-                         timeout=300, check=True)
+    out = subprocess.run([PYTHON, "-c", code], input=stdin, capture_output=True, text=True, env=repo_env(),
+                         cwd=REPO, timeout=300, check=True)
     return time.perf_counter() - started, out.stdout
 
 
