@@ -62,7 +62,7 @@ def _decode_chunk(task: tuple[int, int, list[str], int]) -> tuple[int, int, np.n
 
 
 def _results(tasks: list, workers: int) -> Iterator[tuple[int, int, np.ndarray | None, str | None]]:
-    if workers <= 0 or len(tasks) == 1:
+    if workers <= 0 or len(tasks) <= 1:  # nothing or one chunk to decode (a warm cache): no pool
         yield from map(_decode_chunk, tasks)
         return
     # forkserver/spawn: never fork a process that may hold threads (Ray, torch).
@@ -89,6 +89,8 @@ def build_caches(jobs: Sequence[CacheJob], *, workers: int, progress: bool) -> N
 
     On a failure (DecodeError) every temporary file is removed: the cache is left as it was.
     """
+    if not jobs:
+        return
     temps: list[Path] = []
     bar = None
     try:

@@ -1,0 +1,29 @@
+"""The data layer on the paths a user's defaults take: default decode workers, a warm or damaged
+cache, 16-bit images, the default class-weights path, a cache dir that cannot be used, and the
+legal-but-suspicious inputs that earn a warning."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.test_data import cached_files, config_for, make_dataset
+from trainable.config import TrainConfig
+from trainable.data import load_data
+
+DEFAULT_WORKERS = TrainConfig().num_workers
+
+
+def test_default_workers_with_a_warm_cache(tmp_path, croptune_cache):
+    # The second run of `python -m trainable` on the same data: every split is cached, nothing to decode.
+    assert DEFAULT_WORKERS > 1  # the pool path, as a user's run takes it
+    cfg = make_dataset(tmp_path).replace(num_workers=DEFAULT_WORKERS)
+    first = load_data(cfg, progress=False)
+    arrays = sorted(cached_files(croptune_cache))
+    again = load_data(cfg, progress=False)
+    assert sorted(cached_files(croptune_cache)) == arrays
+    assert again.fingerprint == first.fingerprint
+    np.testing.assert_array_equal(again.train.images, first.train.images)
+    np.testing.assert_array_equal(again.val.images, first.val.images)
