@@ -27,3 +27,20 @@ def test_default_workers_with_a_warm_cache(tmp_path, croptune_cache):
     assert again.fingerprint == first.fingerprint
     np.testing.assert_array_equal(again.train.images, first.train.images)
     np.testing.assert_array_equal(again.val.images, first.val.images)
+
+
+@pytest.mark.parametrize("keep", [0, 10, "half"])
+def test_a_damaged_cached_array_is_rebuilt(tmp_path, croptune_cache, keep):
+    # Between two runs the cached train array loses its tail (a full disk, a killed copy, a bad sync).
+    cfg = make_dataset(tmp_path)
+    first = load_data(cfg, progress=False)
+    expected = np.array(first.train.images)  # a private copy: the first run's map dies with the file
+    del first.train.images
+    train_array = next(p for p in cached_files(croptune_cache) if p.name.startswith("train-"))
+    whole = train_array.read_bytes()
+    train_array.write_bytes(whole[:len(whole) // 2 if keep == "half" else keep])
+    again = load_data(cfg, progress=False)
+    assert train_array.read_bytes() == whole
+    np.testing.assert_array_equal(again.train.images, expected)
+    assert again.fingerprint == first.fingerprint
+    assert not [p for p in cached_files(croptune_cache) if p.name.endswith(".tmp")]

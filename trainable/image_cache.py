@@ -142,8 +142,8 @@ def open_cached(dest: Path, count: int, size: int) -> np.ndarray | None:
         return None
     try:
         array = np.load(dest, mmap_mode="r")
-    except (OSError, ValueError):
-        return None  # unreadable (e.g. a foreign file): decode again and replace it
+    except (OSError, ValueError, EOFError):  # EOFError: an emptied file
+        return None  # unreadable (truncated, emptied, a foreign file): decode again and replace it
     if array.shape == (count, size, size, 3) and array.dtype == np.uint8:
         return array
     return None
