@@ -44,3 +44,20 @@ def test_a_damaged_cached_array_is_rebuilt(tmp_path, croptune_cache, keep):
     np.testing.assert_array_equal(again.train.images, expected)
     assert again.fingerprint == first.fingerprint
     assert not [p for p in cached_files(croptune_cache) if p.name.endswith(".tmp")]
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
+    from trainable.image_cache import decode_image
+
+    ramp = np.tile(np.linspace(0, 65535, 64).round().astype(np.uint16), (64, 1))  # black to white
+    Image.fromarray(ramp).save(tmp_path / "ramp16.png")
+    Image.fromarray(np.full((32, 32), 128 * 257, dtype=np.uint16)).save(tmp_path / "mid16.png")
+    assert Image.open(tmp_path / "ramp16.png").mode.startswith("I;16")  # what a 16-bit PNG opens as
+    mid = decode_image(str(tmp_path / "mid16.png"), 16)
+    assert mid.shape == (16, 16, 3) and (mid == 128).all()
+    ramp8 = decode_image(str(tmp_path / "ramp16.png"), 64)
+    assert (ramp8[..., 0] == ramp8[..., 2]).all()  # grey stays grey
+    row = ramp8[32, :, 0].astype(int)
+    assert row[0] == 0 and row[-1] == 255 and (np.diff(row) >= 0).all()  # the whole range, in order
+    np.testing.assert_allclose(row, np.linspace(0, 255, 64), atol=2)
+    assert (ramp8 == 255).mean() < 0.05  # before: 99.6 % clipped to white

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 # Bump when decode_image changes what it produces: old caches then stop matching.
-DECODE_VERSION = "fit-bicubic-v1"
+DECODE_VERSION = "fit-bicubic-v2"  # v2: 16-bit greyscale scaled to 8 bits, not clipped
 _CHUNK = 32  # images per worker task
 
 
@@ -38,11 +38,29 @@ def cache_key(files: Sequence[str], sizes: Sequence[int], mtimes: Sequence[int],
     return digest.hexdigest()[:24]
 
 
+_WIDE_GREY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # PIL's 16/32-bit integer greyscale
+
+
+def _eight_bit_grey(image: Image.Image) -> Image.Image:
+    """Greyscale wider than 8 bits as mode L, scaled (65535 -> 255); PIL's convert clips at 255 instead.
+
+    A 32-bit integer image ("I") is scaled as 16-bit when its values fit 16 bits (PNG, most TIFFs),
+    else by its own maximum.
+    """
+    values = np.asarray(image, dtype=np.float64)
+    top = values.max(initial=0.0)
+    full_scale = 65535.0 if top <= 65535 else top
+    scaled = np.rint(np.clip(values, 0.0, None) * (255.0 / full_scale))
+    return Image.fromarray(scaled.astype(np.uint8), mode="L")
+
+
 def decode_image(path: str, size: int) -> np.ndarray:
     """RGB uint8 [size, size, 3]: shorter side resized to size, then a centred square crop."""
     with Image.open(path) as image:
         image.draft("RGB", (size, size))  # JPEG: let libjpeg downscale while decoding
         image = ImageOps.exif_transpose(image)
+        if image.mode in _WIDE_GREY_MODES:
+            image = _eight_bit_grey(image)
         image = image.convert("RGB")
         fitted = ImageOps.fit(image, (size, size), method=Image.Resampling.BICUBIC)
     return np.asarray(fitted, dtype=np.uint8)
