@@ -114,3 +114,14 @@ def test_tail_classes():
     assert len(tail_classes(np.ones(61), 0.5)) == 31   # 30.5 rounds up
     assert list(tail_classes(np.ones(61), 3 / 61)) == [0, 1, 2]  # all tied: by id
     assert tail_classes(counts, 1.0).tolist() == list(range(61))
+
+
+def test_tail_classes_cover_only_classes_with_training_images():
+    # A 10-class dataset: the other 51 ids have no training image and are not "the rarest".
+    counts = np.zeros(61, dtype=np.int64)
+    learnt = [0, 5, 7, 12, 20, 33, 41, 50, 58, 60]
+    counts[learnt] = [90, 3, 40, 2, 70, 8, 60, 5, 1, 30]
+    assert tail_classes(counts, 0.25).tolist() == [5, 12, 58]  # round(0.25 * 10) = 3: counts 1, 2, 3
+    assert tail_classes(counts, 0.001).tolist() == [58]        # at least one, and a real one
+    assert tail_classes(counts, 1.0).tolist() == learnt
+    assert tail_classes(np.zeros(61), 0.25).tolist() == []

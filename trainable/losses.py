@@ -100,12 +100,16 @@ class CenterLoss(nn.Module):
 
 
 def tail_classes(class_counts, fraction: float) -> np.ndarray:
-    """Ids of the rarest classes by training count: the bottom ``round(fraction * C)``
-    (at least 1; C = len(class_counts); halves round up), ties broken by the lower class id.
-    Classes with no training sample are the rarest of all. Returned sorted by id (int64).
+    """Ids of the rarest classes being learnt: among the classes with at least one training image
+    (C of them), the bottom ``round(fraction * C)`` by training count (at least 1; halves round
+    up), ties broken by the lower class id. Returned sorted by id (int64); empty when no class
+    has a training image.
+
+    A class with no training image is not in the tail: nothing of it is learnt or focal-weighted,
+    and counting it would make a 10-class dataset's tail 15 absent classes (tail_acc 0 forever).
     """
     counts = np.asarray(class_counts)
-    num_classes = len(counts)
-    size = min(num_classes, max(1, int(np.floor(fraction * num_classes + 0.5))))
-    order = np.lexsort((np.arange(num_classes), counts))  # by count, then by id
+    present = np.flatnonzero(counts > 0)
+    size = min(len(present), max(1, int(np.floor(fraction * len(present) + 0.5))))
+    order = present[np.lexsort((present, counts[present]))]  # by count, then by id
     return np.sort(order[:size]).astype(np.int64)
