@@ -3,7 +3,7 @@
 
     python run_search.py --space stage_epochs [--demo] [TrainConfig flags] [search flags]
     python run_search.py --resume NAME
-    python run_search.py ui | export | retrain ...
+    python run_search.py ui | export | retrain | verify ...
 
 Parsing imports neither Ray nor torch, so `--help` is instant.
 """
@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "ui": ("tuner.tracking", "ui_main"),
     "export": ("tuner.export", "main"),
     "retrain": ("tuner.retrain", "main"),
+    "verify": ("tuner.verify", "main"),
 }
 
 

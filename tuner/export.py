@@ -50,9 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         old = config.epochs
         config = rescale(config, args.epochs)
         note = f"epochs rescaled {old} -> {args.epochs} (stage schedule scaled with them)"
+    from tuner.verify import verified_note
+
+    verified = verified_note(experiment_dir, best["config"])
     out = Path(args.out)
-    write_config(out, config, header=header_lines(best, note))
-    print(f"wrote {out} (trial {best['trial_id']}, {best['metric']}={best['value']}); "
+    write_config(out, config, header=header_lines(best, note) + [verified])
+    print(f"wrote {out} (trial {best['trial_id']}, {best['metric']}={best['value']}); {verified}; "
           f"retrain with: python run_search.py retrain --config {out}")
     return 0
 

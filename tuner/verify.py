@@ -1,0 +1,266 @@
+"""`python run_search.py verify --experiment NAME [--seeds 3]`: is the search's winner really better?
+
+A search ranks trials on one training seed, and a trial's score moves with the seed alone. verify
+retrains the winner (the best trial's config) and the seed recipe (trial 0: the base config the
+search enqueued first) on K training seeds each, at the trials' torch thread count so that the first
+seed (the trials' own) reproduces the trials' scores, and compares their final-epoch metrics:
+
+    winner - baseline = mean difference;  standard error = sqrt(s_w^2 / K + s_b^2 / K)
+    "beyond seed noise" when the difference exceeds 2 standard errors.
+
+Writes verify.json into the experiment directory (keys `winner.macro_f1`, `winner.val_acc`,
+`winner.tail_acc`, the same under `baseline`, one value per seed; `seeds`; both configs) and logs
+every run as a child of the search's MLflow parent run (tags `croptune.role=verify`,
+`verify=true`, `verify_group=winner|baseline`, `seed`). `run_search.py export` reads verify.json and
+says whether the exported config was verified, and against what.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from trainable.config import TrainConfig
+from trainable.errors import UserError
+
+VERIFY_FILE = "verify.json"
+METRICS = ("macro_f1", "val_acc", "tail_acc")
+GROUPS = ("winner", "baseline")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tuner.tracking_hooks import add_search_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="run_search.py verify", allow_abbrev=False,
+        description="Retrain the search's winner and its seed recipe (trial 0) on several training "
+                    "seeds and say whether the winner beats it beyond seed noise.")
+    parser.add_argument("--experiment", required=True,
+                        help="search name (the Tune experiment under --storage-path) or its directory")
+    parser.add_argument("--storage-path", default="ray_results", help="default %(default)s")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="training seeds per config: the trials' own seed, then seed+1, ... (default 3)")
+    add_search_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    if ns.seeds < 2:
+        raise UserError(f"--seeds {ns.seeds}: need at least 2 seeds to estimate seed noise")
+    from tuner.export import best_trial, find_experiment
+
+    experiment_dir = find_experiment(ns.experiment, ns.storage_path)
+    best = best_trial(experiment_dir)
+    winner = TrainConfig.from_dict(best["config"], source=f"{experiment_dir}: best_config").validate()
+    baseline_id, baseline = baseline_trial(experiment_dir)
+    threads = trial_threads(experiment_dir)
+    seeds = [winner.seed + i for i in range(ns.seeds)]
+    tracker = VerifyTracker.from_namespace(ns, best.get("experiment") or experiment_dir.name)
+    same = winner == baseline
+    groups = ("winner",) if same else GROUPS
+    runs = [(group, cfg.replace(seed=seed))
+            for seed in seeds for group, cfg in (("winner", winner), ("baseline", baseline)) if group in groups]
+    print(f"verify {experiment_dir.name}: winner trial {best['trial_id']} vs seed recipe trial {baseline_id}"
+          f"{' (= the seed recipe: trained once per seed)' if same else ''}, seeds {seeds}, {threads} torch "
+          f"thread(s) per run ({len(runs)} trainings of {winner.epochs} epochs)", flush=True)
+    scores: dict = {group: {key: [] for key in METRICS} for group in GROUPS}
+    started = time.time()
+    for index, (group, cfg) in enumerate(runs, 1):
+        metrics = train_one(cfg, threads, tracker, group)
+        for key in METRICS:
+            scores[group][key].append(float(metrics[key]))
+        print(f"  [{index}/{len(runs)}] {group:8s} seed {cfg.seed}: macro-F1 {metrics['macro_f1']:.4f} | "
+              f"val acc {metrics['val_acc']:.2f}% | tail acc {metrics['tail_acc']:.2f}% "
+              f"({time.time() - started:.0f} s so far)", flush=True)
+    if same:  # one config: its runs are both groups' (the difference is 0 by construction)
+        scores["baseline"] = {key: list(values) for key, values in scores["winner"].items()}
+    result = {
+        "experiment": experiment_dir.name, "seeds": seeds, "threads": threads,
+        "winner_trial_id": best["trial_id"], "baseline_trial_id": baseline_id,
+        **{group: {**scores[group], "config": cfg.to_dict()}
+           for group, cfg in (("winner", winner), ("baseline", baseline))},
+        "comparison": {key: compare(scores["winner"][key], scores["baseline"][key]) for key in METRICS},
+        "wall_time_s": round(time.time() - started, 1),
+    }
+    from tuner.experiment import write_json_atomic
+
+    write_json_atomic(experiment_dir / VERIFY_FILE, result)
+    print(format_verify(result), flush=True)
+    print(f"wrote {experiment_dir / VERIFY_FILE}")
+    tracker.finish()
+    return 0
+
+
+def baseline_trial(experiment_dir: Path) -> tuple[str, TrainConfig]:
+    """Trial 0 (the first trial Tune created: the seed point) as (trial id, full config)."""
+    from search_spaces import overrides_from_config
+    from tuner.export import BASE_CONFIG
+
+    base_path = experiment_dir / BASE_CONFIG
+    if not base_path.is_file():
+        raise UserError(f"{experiment_dir}: no {BASE_CONFIG}: not a croptune search (or it never started)")
+    base = TrainConfig.from_dict(json.loads(base_path.read_text()), source=str(base_path))
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        trials = ExperimentAnalysis(str(experiment_dir)).trials
+    except Exception as exc:  # Ray's messages for unreadable experiments vary
+        raise UserError(f"{experiment_dir}: cannot read the Tune experiment ({exc})") from None
+    if not trials:
+        raise UserError(f"{experiment_dir}: the search has no trials")
+    first = min(trials, key=_creation_order)
+    return first.trial_id, base.replace(**overrides_from_config(first.config or {})).validate()
+
+
+def _creation_order(trial) -> int:
+    """Tune's experiment_tag starts with its creation counter (1 for the first trial)."""
+    head = str(getattr(trial, "experiment_tag", "") or "").split("_", 1)[0]
+    return int(head) if head.isdigit() else 1 << 30
+
+
+def trial_threads(experiment_dir: Path) -> int:
+    """The torch thread count the trials ran with (their CPUs per trial), so scores reproduce."""
+    from tuner.experiment import META_FILE
+
+    try:
+        meta = json.loads((experiment_dir / META_FILE).read_text())
+        cpus = float(meta["resources"]["per_trial"].get("CPU", 1))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 1
+    return max(1, math.floor(cpus))
+
+
+def train_one(cfg: TrainConfig, threads: int, tracker, group: str) -> dict:
+    """Train cfg to its last epoch (no checkpoints written); the final epoch's metrics."""
+    import torch
+
+    from trainable.data import load_data
+    from trainable.loop import fit
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    run = tracker.start(group, cfg)
+    try:
+        data = load_data(cfg, progress=False)
+        last = None
+        for result in fit(cfg, data, progress=False):
+            last = result.metrics
+            tracker.log_epoch(run, result)
+    except BaseException:
+        tracker.end(run, "FAILED")
+        raise
+    finally:
+        torch.set_num_threads(previous)
+    tracker.end(run, "FINISHED")
+    return last
+
+
+def compare(winner: list[float], baseline: list[float]) -> dict:
+    """Mean difference, its standard error and whether it exceeds 2 of them."""
+    diff = statistics.fmean(winner) - statistics.fmean(baseline)
+    se = math.sqrt(statistics.variance(winner) / len(winner) + statistics.variance(baseline) / len(baseline))
+    return {"winner_mean": statistics.fmean(winner), "winner_std": statistics.stdev(winner),
+            "baseline_mean": statistics.fmean(baseline), "baseline_std": statistics.stdev(baseline),
+            "difference": diff, "standard_error": se, "beyond_noise": bool(diff > 2 * se)}
+
+
+def format_verify(result: dict) -> str:
+    lines = [f"verify over {len(result['seeds'])} training seeds {result['seeds']} "
+             f"(winner trial {result['winner_trial_id']} vs seed recipe trial {result['baseline_trial_id']}):",
+             f"  {'metric':10s} {'winner':>17s} {'seed recipe':>17s} {'difference':>11s}  2 SE"]
+    for key in METRICS:
+        c = result["comparison"][key]
+        verdict = "beyond seed noise" if c["beyond_noise"] else "within seed noise"
+        lines.append(f"  {key:10s} {c['winner_mean']:8.4f} ± {c['winner_std']:<6.4f} "
+                     f"{c['baseline_mean']:8.4f} ± {c['baseline_std']:<6.4f} {c['difference']:+11.4f}  "
+                     f"{2 * c['standard_error']:.4f}: {verdict}")
+    return "\n".join(lines)
+
+
+def verified_note(experiment_dir: Path, config: dict) -> str:
+    """What export says: whether this config was verified, and against what."""
+    path = Path(experiment_dir) / VERIFY_FILE
+    if not path.is_file():
+        return "not verified (run `run_search.py verify` to retrain it and the seed recipe on several seeds)"
+    try:
+        result = json.loads(path.read_text())
+        c = result["comparison"]["macro_f1"]
+        same = {k: v for k, v in result["winner"]["config"].items() if k != "seed"} == \
+               {k: v for k, v in config.items() if k != "seed"}
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"not verified ({path} is unreadable)"
+    if not same:
+        return f"not verified ({path} verified another config)"
+    verdict = "beyond seed noise" if c["beyond_noise"] else "within seed noise"
+    return (f"verified on {len(result['seeds'])} seeds against the seed recipe (trial "
+            f"{result['baseline_trial_id']}): macro-F1 {c['winner_mean']:.4f} ± {c['winner_std']:.4f} vs "
+            f"{c['baseline_mean']:.4f} ± {c['baseline_std']:.4f}, difference {c['difference']:+.4f} ({verdict})")
+
+
+class VerifyTracker:
+    """verify's MLflow runs: one per training, nested under the search's parent run."""
+
+    def __init__(self, uri: str | None, experiment: str, search: str):
+        self.uri, self.search = uri, search
+        self.client = self.experiment_id = self.parent_id = None
+        if uri is None:
+            return
+        from tuner import tracking
+
+        self.client = tracking.client_for(uri)
+        self.experiment_id = tracking.ensure_experiment(self.client, experiment)
+        parent = tracking.find_parent_run(self.client, self.experiment_id, search)
+        self.parent_id = parent.info.run_id if parent else None
+        if parent is None:
+            print(f"note: no search {search!r} in MLflow experiment {experiment!r}; the verify runs are "
+                  f"not nested under it (pass the search's --mlflow-experiment / --mlflow-uri)", file=sys.stderr)
+
+    @classmethod
+    def from_namespace(cls, ns, search: str) -> VerifyTracker:
+        if getattr(ns, "no_mlflow", False):
+            return cls(None, "", search)
+        from tuner import tracking
+
+        uri = tracking.resolve_tracking_uri(getattr(ns, "mlflow_uri", None))
+        tracking.preflight(uri)
+        return cls(uri, getattr(ns, "mlflow_experiment", None) or "croptune", search)
+
+    def start(self, group: str, cfg: TrainConfig):
+        if self.client is None:
+            return None
+        from tuner import tracking
+
+        tags = {tracking.ROLE_TAG: "verify", "verify": "true", "verify_group": group, "seed": str(cfg.seed),
+                tracking.SEARCH_TAG: self.search, "mlflow.source.name": "run_search.py verify"}
+        if self.parent_id:
+            tags[tracking.PARENT_TAG] = self.parent_id
+        run = self.client.create_run(self.experiment_id, run_name=f"verify-{group}-seed{cfg.seed}", tags=tags)
+        tracking.log_params(self.client, run.info.run_id, cfg.to_dict())
+        return run.info.run_id
+
+    def log_epoch(self, run_id, result) -> None:
+        if run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        now, step = int(time.time() * 1000), int(result.epoch)
+        batch = [Metric(key, float(value), now, step) for key, value in result.metrics.items()
+                 if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)]
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+
+    def end(self, run_id, status: str) -> None:
+        if run_id is not None:
+            self.client.set_terminated(run_id, status=status)
+
+    def finish(self) -> None:
+        if self.client is not None:
+            from tuner import tracking
+
+            print(tracking.where_to_look(self.uri, self.experiment_id, self.parent_id), flush=True)
