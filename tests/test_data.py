@@ -41,8 +41,14 @@ def config_for(root: Path, **changes) -> TrainConfig:
     return TrainConfig(train_dir=str(root / "train"), val_dir=str(root / "val"),
                        train_meta=str(root / "metadata" / "train_metadata.csv"),
                        val_meta=str(root / "metadata" / "val_metadata.csv"),
-                       class_weights=str(root / "metadata" / "class_weights.csv"),
-                       image_size=SIZE, progressive_image_size=SIZE, num_workers=0, **changes)
+                       class_weights="", image_size=SIZE, progressive_image_size=SIZE, num_workers=0, **changes)
+
+
+def with_weights(cfg: TrainConfig, text: str) -> TrainConfig:
+    """Write a class-weights CSV beside the train metadata and point the config at it."""
+    path = Path(cfg.train_meta).parent / "class_weights.csv"
+    path.write_text(text)
+    return cfg.replace(class_weights=str(path))
 
 
 def snapshot(*folders: Path) -> dict:
@@ -103,8 +109,7 @@ def test_crop_and_severity_columns(tmp_path):
 def test_class_weights_csv(tmp_path):
     cfg = make_dataset(tmp_path)
     rows = "\n".join(f"{label},{2.0 if label == 60 else 1.0}" for label in range(61))
-    Path(cfg.class_weights).write_text("label_61,weight\n" + rows + "\n")
-    data = load_data(cfg, progress=False)
+    data = load_data(with_weights(cfg, "label_61,weight\n" + rows + "\n"), progress=False)
     assert data.class_weights[60] / data.class_weights[0] == pytest.approx(2.0)
     assert data.class_weights[data.train.labels].mean() == pytest.approx(1.0)
 
@@ -200,12 +205,12 @@ BAD_CASES = {
     "empty file": (lambda cfg: _edit_csv(cfg, ""), r"train_metadata.csv is empty"),
     "bad crop": (lambda cfg: _edit_csv(cfg, "image,label_61,crop\nimg_0.png,0,banana\n"),
                  r"row 1 \(line 2\): crop 'banana' is not one of apple"),
-    "bad weights column": (lambda cfg: Path(cfg.class_weights).write_text("class,weight\n0,1\n"),
+    "bad weights column": (lambda cfg: with_weights(cfg, "class,weight\n0,1\n"),
                            r"class_weights.csv: no label_61 column"),
-    "negative weight": (lambda cfg: Path(cfg.class_weights).write_text(
+    "negative weight": (lambda cfg: with_weights(cfg,
         "label_61,weight\n" + "".join(f"{c},1\n" for c in range(60)) + "60,-1\n"),
         r"class_weights.csv row 61 \(line 62\): weight '-1' is not a finite number >= 0"),
-    "weights miss a class": (lambda cfg: Path(cfg.class_weights).write_text("label_61,weight\n0,1\n5,1\n"),
+    "weights miss a class": (lambda cfg: with_weights(cfg, "label_61,weight\n0,1\n5,1\n"),
                              r"class_weights.csv has no weight for class 60, which has 1 training images"),
 }
 

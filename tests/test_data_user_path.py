@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_data import cached_files, config_for, make_dataset
+from tests.test_data import cached_files, make_dataset
 from trainable.config import TrainConfig
-from trainable.data import load_data
+from trainable.data import load_data, validate_data
+from trainable.errors import UserError
 
 DEFAULT_WORKERS = TrainConfig().num_workers
 
@@ -61,3 +62,101 @@ def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
     assert row[0] == 0 and row[-1] == 255 and (np.diff(row) >= 0).all()  # the whole range, in order
     np.testing.assert_allclose(row, np.linspace(0, 255, 64), atol=2)
     assert (ramp8 == 255).mean() < 0.05  # before: 99.6 % clipped to white
+
+
+# ------------------------------------------------------------------ --class-weights
+def test_a_typed_class_weights_path_must_exist(tmp_path, croptune_cache):
+    cfg = make_dataset(tmp_path / "d").replace(class_weights=str(tmp_path / "weigths.csv"))  # a typo
+    for check in (validate_data, lambda c: load_data(c, progress=False)):
+        with pytest.raises(UserError) as caught:
+            check(cfg)
+        message = str(caught.value)
+        assert "\n" not in message
+        assert re.match(r"--class-weights .*weigths\.csv does not exist: point it at a label_61,weight CSV", message)
+    assert cached_files(croptune_cache) == []
+
+
+def test_only_the_default_class_weights_path_may_be_absent(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/cleaned/metadata/class_weights.csv here
+    cfg = make_dataset(tmp_path / "d")
+    default = TrainConfig().class_weights
+    assert default == "data/cleaned/metadata/class_weights.csv"
+    # as typed by default, and as a search (absolute paths) or an exported best.yaml carries it
+    for path in (default, str(Path(default).resolve()), "/elsewhere/" + default):
+        data = load_data(cfg.replace(class_weights=path), progress=False)
+        assert data.class_weights[60] / data.class_weights[0] == pytest.approx(3.0)  # computed: 3 vs 1 images
+        assert "computed from train counts" in data.root
+
+
+def test_train_cli_names_a_missing_class_weights_file(tmp_path, cli_in_process):
+    from trainable.__main__ import main
+
+    cfg = make_dataset(tmp_path / "d")
+    save = tmp_path / "run"
+    argv = ["--train-dir", cfg.train_dir, "--val-dir", cfg.val_dir, "--train-meta", cfg.train_meta,
+            "--val-meta", cfg.val_meta, "--class-weights", str(tmp_path / "nope.csv"), "--backbone", "test_resnet",
+            "--no-pretrained", "--epochs", "1", "--image-size", "16", "--progressive-image-size", "16",
+            "--save-dir", str(save)]
+    code, out, err = cli_in_process(main, argv)
+    assert code == 2
+    assert err.strip().splitlines() == [f"error: --class-weights {tmp_path / 'nope.csv'} does not exist: point it at "
+                                        f"a label_61,weight CSV, or leave the flag out (or pass --class-weights '') "
+                                        f"to compute weights from the train counts"]
+    assert not save.exists()
+
+
+# ------------------------------------------------------------------ legal but suspicious: warnings
+def _warnings(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+
+
+def test_clean_data_loads_without_warnings(tmp_path, capsys):
+    load_data(make_dataset(tmp_path), progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_val_class_never_in_training_is_one_warning(tmp_path, capsys):
+    cfg = make_dataset(tmp_path, train_labels=(0, 0, 5), val_labels=(0, 5, 17, 17, 60))
+    data = load_data(cfg, progress=False)
+    assert len(data.val) == 5  # legal: it still runs
+    assert _warnings(capsys) == [f"warning: {cfg.val_meta}: classes 17, 60 (3 val image(s)) never occur in "
+                                 f"{cfg.train_meta}; the model cannot learn them, and they count as errors in val "
+                                 f"accuracy: add training images of them or drop them from validation"]
+
+
+def test_duplicated_metadata_rows_are_one_warning_per_split(tmp_path, capsys):
+    cfg = make_dataset(tmp_path)
+    meta = Path(cfg.train_meta)
+    lines = meta.read_text().splitlines()
+    meta.write_text("\n".join([*lines, lines[2], lines[2], lines[4]]) + "\n")  # rows 7, 8 repeat 2; 9 repeats 4
+    data = load_data(cfg, progress=False)
+    assert len(data.train) == 9
+    assert _warnings(capsys) == [f"warning: {cfg.train_meta}: 3 row(s) repeat an image listed earlier (first: row 7 "
+                                 f"repeats row 2, img_1.png); each copy counts as another sample: remove the "
+                                 f"repeats unless you mean to oversample"]
+
+
+@pytest.mark.parametrize("how", ["same file", "a copy"])
+def test_val_csv_identical_to_train_csv_is_one_warning(tmp_path, capsys, how):
+    cfg = make_dataset(tmp_path)
+    if how == "same file":
+        cfg = cfg.replace(val_meta=cfg.train_meta, val_dir=cfg.train_dir)
+    else:
+        Path(cfg.val_meta).write_bytes(Path(cfg.train_meta).read_bytes())
+        cfg = cfg.replace(val_dir=cfg.train_dir)
+    load_data(cfg, progress=False)
+    assert _warnings(capsys) == [f"warning: --val-meta {cfg.val_meta} is identical to --train-meta {cfg.train_meta}: "
+                                 f"validation then measures memorisation, not generalisation; give a held-out "
+                                 f"validation split"]
+
+
+def test_val_listing_the_train_images_is_one_warning(tmp_path, capsys):
+    cfg = make_dataset(tmp_path)
+    # another CSV (paths written differently) over the same image files and labels
+    rows = Path(cfg.train_meta).read_text().splitlines()[1:]
+    cfg = cfg.replace(val_dir=str(tmp_path))
+    Path(cfg.val_meta).write_text("image,label_61\n" + "".join(f"train/{r}\n" for r in rows))
+    load_data(cfg, progress=False)
+    assert _warnings(capsys) == [f"warning: --val-meta {cfg.val_meta} lists the same images and labels as "
+                                 f"--train-meta {cfg.train_meta}: validation then measures memorisation, not "
+                                 f"generalisation; give a held-out validation split"]

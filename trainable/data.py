@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from trainable.metadata import (
     SplitIndex,
     class_counts,
     compute_class_weights,
+    data_warnings,
     read_class_weights,
     read_split,
 )
@@ -74,10 +76,24 @@ def _read_splits(cfg: TrainConfig) -> tuple[SplitIndex, SplitIndex]:
     return train, val
 
 
+_DEFAULT_WEIGHTS = Path(TrainConfig.__dataclass_fields__["class_weights"].default).parts
+
+
+def _is_default_weights(path: str) -> bool:
+    """The seed's data/cleaned/metadata/class_weights.csv, as given or made absolute (search, export)."""
+    return Path(path).parts[-len(_DEFAULT_WEIGHTS):] == _DEFAULT_WEIGHTS
+
+
 def _class_weights(cfg: TrainConfig, counts: np.ndarray) -> tuple[np.ndarray, str]:
-    if cfg.class_weights and os.path.exists(cfg.class_weights):
+    computed = "computed from train counts"
+    if not cfg.class_weights:
+        return compute_class_weights(counts), computed
+    if os.path.exists(cfg.class_weights):
         return read_class_weights(cfg.class_weights, counts), cfg.class_weights
-    return compute_class_weights(counts), "computed from train counts"
+    if _is_default_weights(cfg.class_weights):  # only the seed's default location may be absent
+        return compute_class_weights(counts), computed
+    raise UserError(f"--class-weights {cfg.class_weights} does not exist: point it at a label_61,weight CSV, "
+                    f"or leave the flag out (or pass --class-weights '') to compute weights from the train counts")
 
 
 def validate_data(cfg: TrainConfig) -> None:
@@ -120,6 +136,8 @@ def load_data(cfg: TrainConfig, progress: bool = True) -> DataBundle:
     train_index, val_index = _read_splits(cfg)
     counts = class_counts(train_index.labels)
     weights, weights_from = _class_weights(cfg, counts)
+    for line in data_warnings(train_index, val_index):
+        print(f"warning: {line}", file=sys.stderr)
     size = cache_size(cfg)
     train_images, val_images = _decode_splits([train_index, val_index], size, cfg.num_workers, progress)
     splits = [Split(images=images, labels=ix.labels, crops=ix.crops, severities=ix.severities,

@@ -167,6 +167,47 @@ def read_split(name: str, csv_path: str, split_dir: str, *, meta_flag: str, dir_
     return index
 
 
+def _classes_text(classes: list[int], limit: int = 5) -> str:
+    shown = ", ".join(str(c) for c in classes[:limit])
+    more = f" and {len(classes) - limit} more" if len(classes) > limit else ""
+    return f"class{'es' if len(classes) > 1 else ''} {shown}{more}"
+
+
+def _duplicate_warning(index: SplitIndex) -> str | None:
+    first_row: dict[str, int] = {}
+    repeats: list[tuple[int, int]] = []  # (row, the earlier row listing the same image)
+    for row, file in enumerate(index.files, start=1):
+        if file in first_row:
+            repeats.append((row, first_row[file]))
+        else:
+            first_row[file] = row
+    if not repeats:
+        return None
+    row, earlier = repeats[0]
+    return (f"{index.csv_path}: {len(repeats)} row(s) repeat an image listed earlier (first: row {row} "
+            f"repeats row {earlier}, {index.rel_paths[row - 1]}); each copy counts as another sample: "
+            f"remove the repeats unless you mean to oversample")
+
+
+def data_warnings(train: SplitIndex, val: SplitIndex) -> list[str]:
+    """Legal but suspicious data, one line each: duplicated rows, val classes never trained on,
+    a val split that is the train split."""
+    lines = [w for w in (_duplicate_warning(train), _duplicate_warning(val)) if w]
+    same_csv = Path(train.csv_path).resolve() == Path(val.csv_path).resolve() or (
+        Path(train.csv_path).read_bytes() == Path(val.csv_path).read_bytes())
+    if same_csv or (train.files == val.files and np.array_equal(train.labels, val.labels)):
+        what = "is identical to" if same_csv else "lists the same images and labels as"
+        lines.append(f"--val-meta {val.csv_path} {what} --train-meta {train.csv_path}: validation then "
+                     f"measures memorisation, not generalisation; give a held-out validation split")
+    unseen = sorted(set(val.labels.tolist()) - set(train.labels.tolist()))
+    if unseen:
+        images = int(np.isin(val.labels, unseen).sum())
+        lines.append(f"{val.csv_path}: {_classes_text(unseen)} ({images} val image(s)) never occur in "
+                     f"{train.csv_path}; the model cannot learn them, and they count as errors in val "
+                     f"accuracy: add training images of them or drop them from validation")
+    return lines
+
+
 def class_counts(labels: np.ndarray) -> np.ndarray:
     return np.bincount(np.asarray(labels, dtype=np.int64), minlength=taxonomy.NUM_CLASSES).astype(np.int64)
 
