@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shlex
 from pathlib import Path
 
 import yaml
@@ -26,7 +27,8 @@ BASE_CONFIG = "base_config.json"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_search.py export",
-        description="Write the best trial's complete TrainConfig as YAML.")
+        description="Write the best trial's complete TrainConfig as YAML.",
+        allow_abbrev=False)  # a typo must not silently pick another flag
     parser.add_argument("--experiment", required=True,
                         help="search name (the Tune experiment under --storage-path) or its directory")
     parser.add_argument("--storage-path", default="ray_results", help="default %(default)s")
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     write_config(out, config, header=header_lines(best, note) + [verified])
     print(f"wrote {out} (trial {best['trial_id']}, {best['metric']}={best['value']}); {verified}; "
-          f"retrain with: python run_search.py retrain --config {out}")
+          f"retrain with: {shlex.join(['python', 'run_search.py', 'retrain', '--config', str(out)])}")
     return 0
 
 

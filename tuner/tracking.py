@@ -19,10 +19,15 @@ mlflow is imported lazily: `run_search.py --help` and `ui` stay fast.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import json
 import os
+import shlex
+import sqlite3
 import ssl
 import subprocess
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -38,6 +43,7 @@ ROLE_TAG = "croptune.role"         # "search" (parent) | "trial" (child) | "retr
 TRIAL_TAG = "trial_id"             # child run: the Tune trial id
 DEFAULT_PORT = 5000
 SQLITE_HEADER = b"SQLite format 3\x00"
+STORE_LOCK_TIMEOUT = 120.0  # creating a store takes seconds; a holder this long is stuck
 _SQL_SCHEMES = ("postgresql", "mysql", "mssql", "databricks", "databricks-uc")
 
 
@@ -70,11 +76,30 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
-def preflight(uri: str, timeout: float = 5.0) -> None:
+def from_environment(requested: str | None, uri: str) -> bool:
+    """Whether `uri` is what $MLFLOW_TRACKING_URI resolves to and no flag gave one."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return not requested and bool(env) and resolve_tracking_uri(env) == uri
+
+
+def preflight(uri: str, timeout: float = 5.0, requested: str | None = None) -> None:
     """Fail in seconds, with one line, if the search could not log to `uri`.
 
     MLflow's own HTTP client retries for minutes; this uses one short request of its own.
+    requested: the --mlflow-uri given, if any (without one, a URI from $MLFLOW_TRACKING_URI
+    is named as such in the error: the user may not know the variable is set).
     """
+    try:
+        _preflight(uri, timeout)
+    except UserError as exc:
+        if not from_environment(requested, uri):
+            raise
+        env = os.environ["MLFLOW_TRACKING_URI"]
+        raise UserError(f"{exc} (the URI came from the environment variable "
+                        f"MLFLOW_TRACKING_URI={shlex.quote(env)}: fix or unset it)") from None
+
+
+def _preflight(uri: str, timeout: float) -> None:
     scheme = urllib.parse.urlparse(uri).scheme
     if scheme in ("http", "https"):
         _preflight_server(uri.rstrip("/"), timeout)
@@ -149,9 +174,44 @@ def _preflight_server(uri: str, timeout: float) -> None:
 
 # ------------------------------------------------------------------ experiment and parent run
 def client_for(uri: str):
+    """An MlflowClient whose store is open: a new SQLite store is created (schema and all
+    migrations) under an exclusive lock, so two drivers starting at once do not both migrate it."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    path = sqlite_path(uri)
+    if path is None:
+        return MlflowClient(tracking_uri=uri)
+    with store_lock(path):
+        client = MlflowClient(tracking_uri=uri)  # opens the store (cached per process)
+        client.search_experiments(max_results=1)  # in case a later MLflow opens it lazily
+    return client
+
+
+@contextlib.contextmanager
+def store_lock(db_path: Path, timeout: float = STORE_LOCK_TIMEOUT):
+    """flock on `<db>.lock` beside the database: MLflow's schema migration is not safe to run
+    from two processes at once ("index ... already exists"). The lock file stays: unlinking a
+    lock file others may be waiting on would let two holders in."""
+    lock_path = db_path.with_name(db_path.name + ".lock")
+    try:
+        handle = open(lock_path, "a")  # noqa: SIM115 (closed below, after the unlock)
+    except OSError:  # e.g. a read-only directory holding a writable existing store: no creation race
+        yield
+        return
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise UserError(f"MLflow store {db_path}: another process has held {lock_path} for "
+                                    f"over {timeout:.0f} s; stop it or remove the lock file") from None
+                time.sleep(0.1)
+        yield
+    finally:
+        handle.close()  # releases the flock
 
 
 def artifact_root(uri: str) -> Path | None:
@@ -182,11 +242,52 @@ def ensure_experiment(client, name: str, artifact_location: str | None = None) -
             if experiment is None:
                 raise UserError(f"cannot create MLflow experiment {name!r}: {exc.message}") from None
     if experiment.lifecycle_stage == "deleted":
-        raise UserError(f"MLflow experiment {name!r} is deleted: restore it "
-                        f"(mlflow experiments restore) or choose another --mlflow-experiment")
+        raise UserError(deleted_message(getattr(client, "tracking_uri", ""), name, experiment.experiment_id))
     if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
+
+
+def preflight_experiment(uri: str, name: str, timeout: float = 5.0) -> None:
+    """Before Ray starts: refuse a blank experiment name, or one the store holds as deleted
+    (read without MLflow and without creating the store: a sqlite query or one HTTP request)."""
+    if not name.strip():
+        raise UserError("--mlflow-experiment is empty: give an experiment name (or leave the flag out "
+                        "for the default, croptune)")
+    found = _experiment_state(uri, name, timeout)
+    if found is not None and found[1] == "deleted":
+        raise UserError(deleted_message(uri, name, found[0]))
+
+
+def deleted_message(uri: str, name: str, experiment_id: str) -> str:
+    restore = shlex.join(["mlflow", "experiments", "restore", "--experiment-id", str(experiment_id)])
+    return (f"MLflow experiment {name!r} (id {experiment_id}) is deleted in {uri}: restore it with "
+            f"`MLFLOW_TRACKING_URI={shlex.quote(uri)} {restore}` or choose another --mlflow-experiment")
+
+
+def _experiment_state(uri: str, name: str, timeout: float) -> tuple[str, str] | None:
+    """(experiment id, lifecycle stage) of `name`, or None if absent or unknown here."""
+    path = sqlite_path(uri)
+    if path is not None:
+        if not path.is_file() or path.stat().st_size == 0:
+            return None
+        try:  # read-only: a check writes nothing
+            with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=timeout)) as db:
+                rows = db.execute("SELECT experiment_id, lifecycle_stage FROM experiments WHERE name = ?",
+                                  (name,)).fetchall()
+        except sqlite3.Error:  # no tables yet, or a schema this query does not know: MLflow decides later
+            return None
+        active = [row for row in rows if row[1] != "deleted"]
+        return tuple(map(str, (active or rows)[0])) if rows else None
+    if uri.startswith(("http://", "https://")):
+        query = urllib.parse.urlencode({"experiment_name": name})
+        try:
+            with _request(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?{query}", timeout) as resp:
+                experiment = json.loads(resp.read())["experiment"]
+            return str(experiment["experiment_id"]), str(experiment.get("lifecycle_stage", "active"))
+        except (urllib.error.URLError, OSError, KeyError, TypeError, ValueError):  # 404: no such experiment
+            return None
+    return None
 
 
 def _slug(name: str) -> str:
@@ -269,8 +370,8 @@ def where_to_look(uri: str, experiment_id: str, run_id: str | None = None,
     if uri.startswith(("http://", "https://")):
         return f"MLflow: {runs_url(uri, experiment_id, run_id)}"
     url = runs_url(f"http://127.0.0.1:{port}", experiment_id, run_id)
-    flag = "" if uri == resolve_tracking_uri(None) else f" --mlflow-uri {uri}"
-    return f"MLflow: run `python run_search.py ui{flag}` then open {url}"
+    flags = [] if uri == resolve_tracking_uri(None) else ["--mlflow-uri", uri]
+    return f"MLflow: run `{shlex.join(['python', 'run_search.py', 'ui', *flags])}` then open {url}"
 
 
 def ui_main(argv: list[str] | None = None) -> int:

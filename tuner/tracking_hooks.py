@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from trainable.errors import UserError
 from tuner import tracking
 from tuner.hooks import ResumeFlagsOnly, SearchHooks
 
@@ -31,8 +32,9 @@ def search_hooks(settings) -> list[SearchHooks]:
     namespace = getattr(settings, "namespace", None)
     if getattr(namespace, "no_mlflow", False):
         return [ResumeFlagsOnly(["--no-mlflow"])]
+    # not `... or "croptune"`: an empty --mlflow-experiment is refused in validate(), not replaced
     return [MlflowSearchHooks(getattr(namespace, "mlflow_uri", None),
-                              getattr(namespace, "mlflow_experiment", None) or "croptune")]
+                              getattr(namespace, "mlflow_experiment", "croptune"))]
 
 
 class MlflowSearchHooks(SearchHooks):
@@ -42,8 +44,12 @@ class MlflowSearchHooks(SearchHooks):
         self._opening = None  # start(): the store being opened in a thread
 
     def validate(self, settings) -> None:
+        if self.requested_uri is not None and not self.requested_uri.strip():
+            raise UserError("--mlflow-uri is empty: give sqlite:///path/to/mlflow.db or http://host:port "
+                            "(or leave the flag out for the default)")
         self.uri = tracking.resolve_tracking_uri(self.requested_uri)
-        tracking.preflight(self.uri)
+        tracking.preflight(self.uri, requested=self.requested_uri)
+        tracking.preflight_experiment(self.uri, self.experiment)  # a deleted one: before Ray starts
 
     def start(self, settings) -> None:
         """Open the store in a thread while the data loads and Ray starts: a new sqlite store

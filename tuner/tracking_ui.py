@@ -33,7 +33,8 @@ from tuner.tracking import (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_search.py ui",
-        description="Start the MLflow UI for the search's tracking store and print its URL.")
+        description="Start the MLflow UI for the search's tracking store and print its URL.",
+        allow_abbrev=False)  # a typo must not silently pick another flag
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default %(default)s)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface (default %(default)s; other hosts need mlflow's --allowed-hosts)")
@@ -48,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_arguments(args)
     uri = resolve_tracking_uri(args.mlflow_uri)
-    preflight(uri)
+    preflight(uri, requested=args.mlflow_uri)
     if uri.startswith(("http://", "https://")):
         # Already a server: nothing to start, only where to look.
         experiment_id = experiment_id_by_name(uri, args.mlflow_experiment)
@@ -72,6 +74,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         stop_server(process)
+
+
+def check_arguments(args) -> None:
+    """One line for values argparse's types let through (socket.bind would raise OverflowError)."""
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: must be a TCP port, 1..65535 (default {DEFAULT_PORT})")
+    if not args.start_timeout > 0 or args.start_timeout == float("inf"):  # NaN fails the first test
+        raise UserError(f"--start-timeout {args.start_timeout}: must be a positive number of seconds "
+                        f"(default 180)")
+    if args.mlflow_uri is not None and not args.mlflow_uri.strip():
+        raise UserError("--mlflow-uri is empty: give sqlite:///path/to/mlflow.db or http://host:port "
+                        "(or leave the flag out for the default)")
+    if not args.mlflow_experiment.strip():
+        raise UserError("--mlflow-experiment is empty: give an experiment name (or leave the flag out "
+                        "for the default, croptune)")
 
 
 def _exit_on_termination() -> None:
