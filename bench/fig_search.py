@@ -84,13 +84,12 @@ def search(ctx: Context, prof: dict, *, trials: int, seed: int, arm: str, tag: s
 
 
 def _tied(trial_results: dict, epoch: int, metric: str) -> int:
-    """Trials whose score at `epoch` equals another trial's there (e.g. clones before their first switch)."""
-    from collections import Counter
+    """Trials whose score at `epoch` equals another trial's there (tuner.summary.count_ties: the
+    count search_summary.json reports as first_rung_ties)."""
+    from tuner.summary import count_ties
 
-    scores = [next((r.get(metric) for r in rows if r.get("epoch") == epoch), None)
-              for rows in trial_results.values()]
-    counts = Counter(round(s, 12) for s in scores if s is not None)
-    return sum(n for n in counts.values() if n > 1)
+    return count_ties(next((r.get(metric) for r in rows if r.get("epoch") == epoch), None)
+                      for rows in trial_results.values())
 
 
 def _sizing(prof: dict, data: dict) -> dict:

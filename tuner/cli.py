@@ -38,6 +38,7 @@ DEFAULTS = {
     "max_failures": 2,
     "keep_checkpoints": 2,
     "address": None,
+    "sampler": "tpe",
 }
 # The demo search: 12 trials of the 12-epoch demo recipe cost ~2.8 full trainings with
 # successive halving at rf 4 (tuner.scheduler; bench P4), a few minutes on 2 CPU cores.
@@ -80,6 +81,7 @@ class SearchSettings:
     cpus_per_trial: float | None = None
     gpus_per_trial: float | None = None
     address: str | None = None
+    sampler: str = "tpe"           # tuner.searcher.build_sampler: tpe or random
     resume: bool = False
     explicit: set = field(default_factory=set)  # flags the user gave (for messages and hooks)
     namespace: argparse.Namespace | None = None  # the parsed command line (for tracking hooks)
@@ -111,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trials running at once (default: as many as the resources fit)")
     s.add_argument("--time-budget", default=S, metavar="SECONDS",
                    help="stop the search after this long; accepts 90, 30m, 2h (default: no limit)")
+    s.add_argument("--sampler", default=S, choices=("tpe", "random"),
+                   help="Optuna sampler: tpe (default) or random, e.g. to compare them (seeded by --seed)")
     s.add_argument("--seed", type=int, default=S,
                    help="seeds the TPE sampler and every trial's training (default: TrainConfig seed, 42)")
     s.add_argument("--grace-period", type=int, default=S, metavar="EPOCHS",
@@ -189,7 +193,7 @@ def parse_settings(argv: list[str] | None) -> SearchSettings:
         keep_checkpoints=opts["keep_checkpoints"], seed=seed, base=base,
         max_concurrent=opts["max_concurrent"], time_budget_s=parse_duration(opts["time_budget"]),
         cpus_per_trial=opts["cpus_per_trial"], gpus_per_trial=opts["gpus_per_trial"],
-        address=opts["address"], explicit=given, namespace=ns,
+        address=opts["address"], sampler=opts["sampler"], explicit=given, namespace=ns,
     )
     check_settings(settings)
     return settings
@@ -215,6 +219,7 @@ def _resume_settings(ns: argparse.Namespace, given: set) -> SearchSettings:
         cpus_per_trial=getattr(ns, "cpus_per_trial", meta.get("cpus_per_trial")),
         gpus_per_trial=getattr(ns, "gpus_per_trial", meta.get("gpus_per_trial")),
         address=getattr(ns, "address", None), resume=True, explicit=given, namespace=ns,
+        sampler=meta.get("sampler", "tpe"),
     )
     check_settings(settings)
     return settings

@@ -185,12 +185,13 @@ def wrapped_trainable(data, base: TrainConfig, per_trial: dict):
 
 
 def build_searcher(settings):
-    from tuner.searcher import BoundSpace, PruningOptunaSearch
+    from tuner.searcher import BoundSpace, PruningOptunaSearch, build_sampler
 
     point = seed_point(settings.space, settings.base)
     return PruningOptunaSearch(
         space=BoundSpace(settings.space, settings.base), metric=settings.metric, mode=settings.mode,
-        points_to_evaluate=[point] if point else None, seed=settings.seed,
+        points_to_evaluate=[point] if point else None,
+        sampler=build_sampler(getattr(settings, "sampler", "tpe"), settings.seed, settings.num_samples, settings.space),
         time_attr=TIME_ATTR, max_epochs=settings.base.epochs, config_keys=field_names())
 
 
@@ -230,7 +231,7 @@ def build_tuner(settings, data, context: SearchContext, hooks):
                                                 checkpoint_score_order=settings.mode))
     plan = context.resources
     write_meta(settings, extra={"data": context.data_info,
-                                "resources": {"per_trial": plan.per_trial, "max_concurrent": plan.max_concurrent,
+                                "sampler": settings.sampler, "resources": {"per_trial": plan.per_trial, "max_concurrent": plan.max_concurrent,
                                               "accelerator": plan.accelerator}})
     return tune.Tuner(trainable, param_space={}, tune_config=tune_config, run_config=run_config)
 

@@ -7,17 +7,26 @@ A trial counts as
                   (loss became NaN/inf, see trainable.tune_entry) are counted among them and named.
 The best trial is the best final score among completed trials, as in Optuna (pruned trials
 have no final score); only when no trial completed is it the best last score of any trial.
+
+Also reported: how many trials tie on the metric at the first rung (`first_rung_ties`: a rung
+cannot rank trials that score the same there), and the winner against trial 0, the seed
+recipe's point that the search evaluates first (`seed_trial`), on the same budget.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainable.config import TrainConfig
 
 SUMMARY_KEYS = ("experiment", "storage_path", "space", "metric", "mode", "best_trial_id", "best_value",
-                "best_config", "num_trials", "num_stopped_early", "num_failed", "epochs_consumed", "wall_time_s")
+                "best_config", "num_trials", "num_stopped_early", "num_failed", "epochs_consumed", "wall_time_s",
+                "sampler", "first_rung_ties", "seed_trial")
 
 
 @dataclass
@@ -29,6 +38,8 @@ class TrialRecord:
     epochs_planned: int
     value: float | None    # last reported value of the metric
     error: str | None      # one line, for failed trials
+    scores: dict = field(default_factory=dict)  # epoch -> the metric reported at that epoch
+    number: int | None = None  # creation order: 0 is the first trial (the seed recipe's point)
 
     @property
     def failed(self) -> bool:
@@ -54,7 +65,7 @@ class TrialRecord:
 def trial_records(trials, base: TrainConfig, metric: str) -> list[TrialRecord]:
     """Records from Tune Trial objects (ResultGrid's, or ray.tune.ExperimentAnalysis(path).trials)."""
     records = []
-    for trial in trials:
+    for index, trial in enumerate(trials):
         last = trial.last_result or {}
         overrides = dict(trial.config or {})
         planned = int(overrides.get("epochs", base.epochs))
@@ -64,8 +75,66 @@ def trial_records(trials, base: TrainConfig, metric: str) -> list[TrialRecord]:
             epochs_done=int(last.get("epoch", 0) or 0), epochs_planned=planned,
             value=float(value) if value is not None else None,
             error=_error_line(trial) if trial.status == "ERROR" else None,
+            scores=_epoch_scores(trial, metric), number=_trial_number(trial, index),
         ))
     return records
+
+
+def _trial_number(trial, index: int) -> int:
+    """0-based creation order: Tune's experiment tag starts with its 1-based trial counter."""
+    head = str(getattr(trial, "experiment_tag", "") or "").split("_", 1)[0]
+    return int(head) - 1 if head.isdigit() else index
+
+
+def _epoch_scores(trial, metric: str) -> dict[int, float]:
+    """epoch -> metric, from the trial's result.json (Tune keeps only the last result in memory)."""
+    scores: dict[int, float] = {}
+    for attr in ("path", "local_path"):
+        try:
+            where = getattr(trial, attr, None)
+        except Exception:  # noqa: BLE001 - Tune's local_path asserts a live Ray session
+            continue
+        if not where or not (Path(where) / "result.json").is_file():
+            continue
+        for line in (Path(where) / "result.json").read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError, TypeError):
+                row = json.loads(line)
+                if row.get("epoch") is not None and row.get(metric) is not None:
+                    scores[int(row["epoch"])] = float(row[metric])
+        break
+    last = trial.last_result or {}
+    if last.get("epoch") and last.get(metric) is not None:
+        scores.setdefault(int(last["epoch"]), float(last[metric]))
+    return scores
+
+
+def count_ties(scores: Iterable[float | None]) -> int:
+    """How many of these scores equal another one (None: no score; equal to 12 decimals)."""
+    counts = Counter(round(float(s), 12) for s in scores if s is not None)
+    return sum(n for n in counts.values() if n > 1)
+
+
+def first_rung_ties(records: list[TrialRecord], epoch: int) -> dict:
+    """Trials whose score at `epoch` (the first rung) ties another trial's there: a rung ranks
+    those only by the tie-break (validation loss), e.g. schedule clones before their first switch."""
+    scored = [r.scores[epoch] for r in records if epoch in r.scores]
+    return {"epoch": int(epoch), "tied": count_ties(scored), "scored": len(scored)}
+
+
+def seed_trial_comparison(records: list[TrialRecord], best: TrialRecord | None) -> dict | None:
+    """The winner against trial 0 (the seed recipe's point, evaluated first): scores, epochs, difference."""
+    if best is None or not records:
+        return None
+    seed = min(records, key=lambda r: r.number if r.number is not None else len(records))
+    out = {"trial_id": seed.trial_id, "value": seed.value, "epochs": seed.epochs_done,
+           "epochs_planned": seed.epochs_planned, "winner_epochs": best.epochs_done,
+           "winner_is_seed_trial": seed.trial_id == best.trial_id, "difference": None,
+           "winner_value_at_seed_epochs": None}
+    if seed.value is not None and best.value is not None:
+        out["difference"] = best.value - seed.value
+    if seed.epochs_done < best.epochs_done:  # trial 0 stopped early: compare at the epoch it reached
+        out["winner_value_at_seed_epochs"] = best.scores.get(seed.epochs_done)
+    return out
 
 
 def _error_line(trial) -> str:
@@ -105,6 +174,10 @@ def build_summary(settings, records: list[TrialRecord], wall_time_s: float) -> d
         "num_failed": sum(r.failed for r in records),
         "epochs_consumed": sum(r.epochs_done for r in records),
         "wall_time_s": round(float(wall_time_s), 3),
+        "sampler": getattr(settings, "sampler", "tpe"),
+        "first_rung_ties": (first_rung_ties(records, settings.grace_period)
+                            if getattr(settings, "grace_period", None) else None),
+        "seed_trial": seed_trial_comparison(records, best),
     }
     assert tuple(summary) == SUMMARY_KEYS
     return summary
@@ -130,12 +203,41 @@ def format_report(summary: dict, records: list[TrialRecord], base: TrainConfig) 
         lines.append("  overrides: " + (" ".join(f"{k}={_fmt(v)}" for k, v in sorted(shown.items()))
                                          or "none (the base config)")
                      + ("" if changed or not best.overrides else "  (= the base config)"))
+        lines += _seed_trial_lines(summary, records, base)
+    ties = summary.get("first_rung_ties")
+    if ties and ties["scored"]:
+        lines.append(f"First rung (epoch {ties['epoch']}): {ties['tied']} of {ties['scored']} trials scored there "
+                     f"tie with another on {summary['metric']} (those are ranked by validation loss only).")
     for r in records:
         if r.failed:
             lines.append(f"  failed trial {r.trial_id}: {r.error}")
     path = Path(summary["storage_path"]) / summary["experiment"]
     lines.append(f"Results: {path}  (search_summary.json; a standard Tune experiment)")
     return "\n".join(lines)
+
+
+def _seed_trial_lines(summary: dict, records: list[TrialRecord], base: TrainConfig) -> list[str]:
+    """The winner against trial 0, the seed recipe's point (evaluated first), on the same budget."""
+    seed = summary.get("seed_trial")
+    if not seed or seed["value"] is None:
+        return []
+    record = next((r for r in records if r.trial_id == seed["trial_id"]), None)
+    moved = {k: v for k, v in (record.overrides if record else {}).items() if getattr(base, k, None) != v}
+    what = "the seed recipe" if not moved else (
+        "the seed recipe's nearest point in the space: " + " ".join(f"{k}={_fmt(v)}" for k, v in sorted(moved.items())))
+    metric = summary["metric"]
+    if seed["winner_is_seed_trial"]:
+        return [f"The winner is trial 0 ({seed['trial_id']}), {what}: no sampled configuration beat it "
+                f"({metric} {seed['value']:.4f} after {seed['epochs']} epochs)."]
+    lines = [f"Winner vs trial 0 ({seed['trial_id']}, {what}): {metric} {summary['best_value']:.4f} "
+             f"({seed['winner_epochs']} epochs) vs {seed['value']:.4f} ({seed['epochs']}/{seed['epochs_planned']} "
+             f"epochs): {seed['difference']:+.4f}."]
+    if seed["epochs"] < seed["winner_epochs"]:
+        at = seed["winner_value_at_seed_epochs"]
+        lines.append("  trial 0 was stopped early, so not on the same budget" + (
+            f"; at its last epoch ({seed['epochs']}) the winner had {at:.4f} ({at - seed['value']:+.4f})"
+            if at is not None else "") + ".")
+    return lines
 
 
 def _fmt(value) -> str:
