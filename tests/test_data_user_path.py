@@ -2,6 +2,7 @@
 cache, 16-bit images, the default class-weights path, a cache dir that cannot be used, and the
 legal-but-suspicious inputs that earn a warning."""
 
+import os
 import re
 from pathlib import Path
 
@@ -160,3 +161,95 @@ def test_val_listing_the_train_images_is_one_warning(tmp_path, capsys):
     assert _warnings(capsys) == [f"warning: --val-meta {cfg.val_meta} lists the same images and labels as "
                                  f"--train-meta {cfg.train_meta}: validation then measures memorisation, not "
                                  f"generalisation; give a held-out validation split"]
+
+
+# ------------------------------------------------------------------ CROPTUNE_CACHE_DIR that cannot be used
+def _cache_is_a_file(tmp_path, monkeypatch) -> Path:
+    bad = tmp_path / "cache-file"
+    bad.write_text("not a folder")
+    monkeypatch.setenv("CROPTUNE_CACHE_DIR", str(bad))
+    return bad
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_cache_dir_that_is_a_file_is_one_line(tmp_path, monkeypatch, under):
+    bad = _cache_is_a_file(tmp_path, monkeypatch)
+    if under:  # a folder to be created below a file
+        monkeypatch.setenv("CROPTUNE_CACHE_DIR", str(bad / "sub"))
+    cfg = make_dataset(tmp_path / "d")
+    for check in (validate_data, lambda c: load_data(c, progress=False)):
+        with pytest.raises(UserError) as caught:
+            check(cfg)
+        assert str(caught.value) == (f"CROPTUNE_CACHE_DIR={os.environ['CROPTUNE_CACHE_DIR']}: {bad} is not a "
+                                     f"directory; set CROPTUNE_CACHE_DIR to a writable folder (or unset it to use "
+                                     f"~/.cache/croptune)")
+    assert bad.read_text() == "not a folder"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write to a read-only (mode 555) folder")
+def test_read_only_cache_dir_is_one_line_unless_already_warm(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("CROPTUNE_CACHE_DIR", str(cache))
+    cfg = make_dataset(tmp_path / "d")
+    cache.chmod(0o555)
+    try:
+        with pytest.raises(UserError, match=rf"^CROPTUNE_CACHE_DIR={cache}: {cache} is not writable; set "):
+            validate_data(cfg)
+        with pytest.raises(UserError, match=r"is not writable"):
+            load_data(cfg, progress=False)
+        assert list(cache.iterdir()) == []
+        cache.chmod(0o755)
+        load_data(cfg, progress=False)  # decoded once while writable...
+        for folder in (cache / "images", cache):
+            folder.chmod(0o555)
+        validate_data(cfg)  # ...then read from a read-only (shared, pre-decoded) cache
+        assert len(load_data(cfg, progress=False).train) == 6
+    finally:
+        for folder in (cache, cache / "images"):
+            if folder.exists():
+                folder.chmod(0o755)
+
+
+def test_train_cli_with_an_unusable_cache_dir_writes_nothing(tmp_path, monkeypatch, cli_in_process):
+    from trainable.__main__ import main
+
+    cfg = make_dataset(tmp_path / "d")
+    bad = _cache_is_a_file(tmp_path, monkeypatch)
+    save = tmp_path / "run"
+    data_flags = ["--train-dir", cfg.train_dir, "--val-dir", cfg.val_dir, "--train-meta", cfg.train_meta,
+                  "--val-meta", cfg.val_meta]
+    tiny = ["--backbone", "test_resnet", "--no-pretrained", "--epochs", "1", "--image-size", "16",
+            "--progressive-image-size", "16", "--save-dir", str(save)]
+    for argv in (data_flags + tiny, ["--demo", *tiny]):  # the demo data is generated into the cache too
+        code, out, err = cli_in_process(main, argv)
+        assert code == 2
+        assert err.strip().splitlines() == [f"error: CROPTUNE_CACHE_DIR={bad}: {bad} is not a directory; set "
+                                            f"CROPTUNE_CACHE_DIR to a writable folder (or unset it to use "
+                                            f"~/.cache/croptune)"]
+        assert not save.exists()
+
+
+def test_search_with_an_unusable_cache_dir_stops_before_ray(tmp_path, monkeypatch, cli_in_process):
+    import tuner.search  # what run_search.py runs for a search
+
+    def got_past_the_checks(*args, **kwargs):
+        raise AssertionError("bad input reached Ray")
+
+    cfg = make_dataset(tmp_path / "d")
+    bad = _cache_is_a_file(tmp_path, monkeypatch)
+    monkeypatch.setattr(tuner.search, "connect", got_past_the_checks)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    argv = ["--train-dir", cfg.train_dir, "--val-dir", cfg.val_dir, "--train-meta", cfg.train_meta,
+            "--val-meta", cfg.val_meta, "--backbone", "test_resnet", "--no-pretrained", "--epochs", "2",
+            "--image-size", "16", "--progressive-image-size", "16", "--space", "stage_epochs",
+            "--storage-path", str(cwd / "results")]
+    code, out, err = cli_in_process(tuner.search.main, argv)
+    assert code == 2, (out, err)
+    assert err.strip().splitlines() == [f"error: CROPTUNE_CACHE_DIR={bad}: {bad} is not a directory; set "
+                                        f"CROPTUNE_CACHE_DIR to a writable folder (or unset it to use "
+                                        f"~/.cache/croptune)"]
+    assert list(cwd.iterdir()) == []  # no storage path, no mlflow.db

@@ -21,7 +21,15 @@ import numpy as np
 
 from trainable.config import TrainConfig
 from trainable.errors import UserError
-from trainable.image_cache import CacheJob, DecodeError, build_caches, cache_path, cache_root, open_cached
+from trainable.image_cache import (
+    CacheJob,
+    DecodeError,
+    build_caches,
+    cache_path,
+    cache_root,
+    check_cache_root,
+    open_cached,
+)
 from trainable.metadata import (
     SplitIndex,
     class_counts,
@@ -96,10 +104,19 @@ def _class_weights(cfg: TrainConfig, counts: np.ndarray) -> tuple[np.ndarray, st
                     f"or leave the flag out (or pass --class-weights '') to compute weights from the train counts")
 
 
+def _uncached(indexes: list[SplitIndex], size: int) -> list[int]:
+    """Which splits have no usable array in the cache (absent, damaged, another shape)."""
+    places = [cache_path(ix.files, ix.sizes, ix.mtimes, size, ix.name)[0] for ix in indexes]
+    return [i for i, (ix, dest) in enumerate(zip(indexes, places, strict=True))
+            if open_cached(dest, len(ix.files), size) is None]
+
+
 def validate_data(cfg: TrainConfig) -> None:
     """Raise UserError for the first problem in the data the config points at; decode and write nothing."""
-    train, _ = _read_splits(cfg)
+    train, val = _read_splits(cfg)
     _class_weights(cfg, class_counts(train.labels))
+    if _uncached([train, val], cache_size(cfg)):  # a warm cache may be read-only (a shared, pre-decoded one)
+        check_cache_root()
 
 
 def _describe(cfg: TrainConfig, train: SplitIndex, val: SplitIndex, weights_from: str) -> str:
@@ -113,11 +130,15 @@ def _describe(cfg: TrainConfig, train: SplitIndex, val: SplitIndex, weights_from
 def _decode_splits(indexes: list[SplitIndex], size: int, workers: int, progress: bool) -> list[np.ndarray]:
     """Each split's images as a read-only memory map; decode the uncached ones together, atomically."""
     places = [cache_path(ix.files, ix.sizes, ix.mtimes, size, ix.name)[0] for ix in indexes]
-    missing = [i for i, (ix, dest) in enumerate(zip(indexes, places, strict=True))
-               if open_cached(dest, len(ix.files), size) is None]
+    missing = _uncached(indexes, size)
+    if missing:
+        check_cache_root()
     jobs = [CacheJob(indexes[i].files, size, places[i], f"decode {indexes[i].name} @{size}px") for i in missing]
     try:
         build_caches(jobs, workers=workers, progress=progress)
+    except OSError as exc:  # passed the check, failed anyway: a full disk, a mount gone read-only
+        raise UserError(f"the image cache in {cache_root()} cannot be written ({exc.strerror or exc}); free "
+                        f"space there or set CROPTUNE_CACHE_DIR to another folder") from None
     except DecodeError as exc:
         job, path, reason = exc.args
         index = indexes[missing[job]]

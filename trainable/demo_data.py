@@ -27,7 +27,7 @@ from PIL import Image
 from trainable import taxonomy
 from trainable.demo_leaves import render
 from trainable.errors import UserError
-from trainable.image_cache import cache_root
+from trainable.image_cache import cache_root, check_cache_root
 from trainable.metadata import class_counts, compute_class_weights, write_csv_atomic
 
 DEMO_VERSION = "v3"  # bump when the generator's output changes
@@ -151,6 +151,7 @@ def ensure_demo_dataset(seed: int = 0) -> Path:
         return final
     if final.exists():
         raise UserError(f"{final} exists but is not a complete demo dataset; delete it and run again")
+    check_cache_root()  # a file or read-only CROPTUNE_CACHE_DIR: one line before anything is written
     parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(parent, name)
     print(f"demo data: generating {final} (once; reused by later runs)", flush=True)

@@ -31,6 +31,38 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "croptune"
 
 
+def cache_problem() -> str | None:
+    """Why the cache root (or its images/ folder) cannot be created and written there, or None.
+
+    The message names CROPTUNE_CACHE_DIR and the fix; nothing is created by checking.
+    """
+    root = cache_root()
+    for folder in (root, root / "images"):
+        probe = folder
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if probe.exists() and not probe.is_dir():
+            problem = f"{probe} is not a directory"
+        elif not os.access(probe, os.W_OK | os.X_OK):  # EROFS too (a read-only mount), even for root
+            problem = f"{probe} is not writable"
+        else:
+            continue
+        env = os.environ.get("CROPTUNE_CACHE_DIR")
+        where = f"CROPTUNE_CACHE_DIR={env}" if env else f"the image cache {root}"
+        return (f"{where}: {problem}; set CROPTUNE_CACHE_DIR to a writable folder"
+                + (" (or unset it to use ~/.cache/croptune)" if env else ""))
+    return None
+
+
+def check_cache_root() -> None:
+    """Raise UserError (one line naming CROPTUNE_CACHE_DIR) unless the cache can be written."""
+    from trainable.errors import UserError
+
+    problem = cache_problem()
+    if problem:
+        raise UserError(problem)
+
+
 def cache_key(files: Sequence[str], sizes: Sequence[int], mtimes: Sequence[int], size: int) -> str:
     digest = hashlib.sha256(f"{DECODE_VERSION}\n{size}\n".encode())
     for file, nbytes, mtime in zip(files, sizes, mtimes, strict=True):
