@@ -19,6 +19,7 @@ from pathlib import Path
 
 from search_spaces import augmentation, focal, full, optim, stage_epochs, yaml_space
 from search_spaces._params import Space
+from search_spaces.yaml_space import unsearchable
 from trainable.config import TrainConfig, field_names
 from trainable.errors import UserError
 
@@ -89,4 +90,4 @@ def overrides_from_config(config: dict) -> dict:
 
 
 __all__ = ["Space", "check", "define_by_run", "get", "names", "overrides_from_config",
-           "overrides_from_params", "seed_defaults"]
+           "overrides_from_params", "seed_defaults", "unsearchable"]

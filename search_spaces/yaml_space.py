@@ -8,24 +8,67 @@
     backbone:      {type: categorical, choices: [resnet50, efficientnet_b0]}
 
 The Optuna parameters are named after the fields. Epoch values are absolute (not scaled to
---epochs). Ranges of ordered switches must not overlap: `check(space, base)` rejects a space
+--epochs). Fields that set up the search rather than a trial's training (data paths, image
+sizes, epochs, device, ...: see UNSEARCHABLE) are refused with the flag to use instead. Ranges of ordered switches must not overlap: `check(space, base)` rejects a space
 that could produce an invalid config, so every trial it proposes can run.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
 import yaml
 
 from search_spaces._params import Cat, Num, Space
-from trainable.config import TrainConfig, coerce, field_names, field_types
+from trainable.config import TrainConfig, coerce, field_names, field_types, flag
 from trainable.errors import UserError
 
 TYPES = ("int", "float", "loguniform", "categorical")
 KEYS = {"int": {"low", "high"}, "float": {"low", "high"}, "loguniform": {"low", "high"},
         "categorical": {"choices"}}
+
+_DATA = ("every trial trains on the data the search decodes once, before the trials, from the base "
+         "config; set {flag} for the whole search")
+_CACHE = ("the images are decoded once, before the trials, at the base config's largest size; "
+          "set {flag} for the whole search (one search per size to compare sizes)")
+_NO_EFFECT = "it does not change what a trial learns; set {flag} for the whole search"
+# Fields a space must not tune (field -> why, and what to do instead). Every message is
+# "<field>: cannot be searched: <why>; <instead>".
+UNSEARCHABLE = {
+    # The dataset: the driver decodes it once from the base paths and all trials share it.
+    **{name: _DATA for name in ("train_dir", "val_dir", "train_meta", "val_meta", "class_weights", "demo")},
+    # The decoded-image cache is built once at max(image_size, progressive_image_size) of the base;
+    # a larger trial size would be upscaled from it, and a smaller one would not match its retrain.
+    "image_size": _CACHE,
+    "progressive_image_size": _CACHE,
+    # ASHA ranks trials at the same epoch, which is only fair when they all run one schedule
+    # length (and its max_t is the base's --epochs).
+    "epochs": "ASHA compares trials at the same epoch, which is only fair when all run the same "
+              "number of epochs; set {flag} for the whole search (one search per length to compare)",
+    # Weights fit one backbone; a space cannot tie a file to the backbone it samples.
+    "pretrained_path": "a weights file fits one backbone; set {flag} (or --no-pretrained) for the whole search",
+    # Trials write into the search's trial directories; retrain --save-dir names the final run's.
+    "save_dir": "trials write into the search's experiment directory; pass --save-dir to retrain instead",
+    # A trial resumes from Tune's checkpoints; a search resumes with run_search.py --resume NAME.
+    "resume": "a trial continues from its own Tune checkpoint; continue a search with run_search.py --resume NAME",
+    # The trial's device follows the resources it gets (--gpus-per-trial), not a sampled value.
+    "device": "a trial runs where its resources place it; set {flag} / --gpus-per-trial for the whole search",
+    # Decoding happens once on the driver, before the trials.
+    "num_workers": _NO_EFFECT,
+    # Logging and checkpoint cadence, not training knobs.
+    "log_interval": _NO_EFFECT,
+    "save_freq": _NO_EFFECT,
+    # Tuning the seed picks a lucky draw, not a better recipe.
+    "seed": "tuning the random seed picks a lucky draw, not a better recipe; set {flag} for the whole search",
+}
+
+
+def unsearchable(name: str) -> str | None:
+    """Why a search space must not tune this TrainConfig field (one line), or None when it may."""
+    why = UNSEARCHABLE.get(name)
+    return None if why is None else f"{name}: cannot be searched: " + why.format(flag=flag(name))
 
 
 def load(path: str | Path) -> Space:
@@ -55,6 +98,8 @@ def _decl(where: str, name: str, entry) -> Num | Cat:
 
     if name not in field_names():
         raise bad("not a TrainConfig field")
+    if unsearchable(name):
+        raise UserError(f"{where}: {unsearchable(name)}")
     if not isinstance(entry, dict):
         raise bad("expected {type: ..., low: ..., high: ...} or {type: categorical, choices: [...]}")
     kind = entry.get("type")
@@ -76,6 +121,8 @@ def _decl(where: str, name: str, entry) -> Num | Cat:
             values = tuple(coerce(name, c, f"{where}: {name}") for c in choices)
         except UserError as exc:
             raise UserError(str(exc)) from None
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise bad(f"choices must be finite numbers (got {list(choices)})")
         if len(set(values)) != len(values):
             raise bad("choices contain duplicates")
         return Cat(name, values)
@@ -104,9 +151,12 @@ def _number(bad, key: str, value) -> float:
     if isinstance(value, bool):
         raise bad(f"{key} must be a number (got {value!r})")
     try:
-        return float(value) if isinstance(value, str) else value + 0
+        number = float(value) if isinstance(value, str) else value + 0
     except (TypeError, ValueError):
         raise bad(f"{key} must be a number (got {value!r})") from None
+    if not math.isfinite(number):  # Optuna cannot sample towards .inf, and .nan orders nothing
+        raise bad(f"{key} must be a finite number (got {value!r})")
+    return number
 
 
 def _corners(decl: Num | Cat) -> tuple:
@@ -138,6 +188,9 @@ def _try(space: Space, base: TrainConfig, reference: dict, overrides: dict, what
     try:
         base.replace(**{**reference, **overrides}).validate()
     except UserError as exc:
-        shown = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "its reference point"
+        # One searched value: the error already names it (--flag=value); a pair needs both shown.
+        shown = "" if len(overrides) == 1 else (", ".join(f"{k}={v}" for k, v in overrides.items())
+                                                 or "its reference point") + ": "
+        hint = "narrow it so ordered switches do not overlap" if "out of order" in str(exc) else "narrow it"
         raise UserError(f"{space.source}: {what}: the range allows an invalid config "
-                        f"({shown}: {exc}); narrow it (ordered switches must not overlap)") from None
+                        f"({shown}{exc}); {hint}") from None

@@ -9,6 +9,7 @@ import optuna
 import pytest
 
 import search_spaces
+from search_spaces import yaml_space
 from search_spaces._params import Offset
 from trainable.config import SEED_EPOCHS, TrainConfig, field_names, scale_schedule
 from trainable.errors import UserError
@@ -200,8 +201,14 @@ BAD = [
     ("lr: {type: float, low: 0.5, high: 0.1}", r"lr: low \(0.5\) is above high \(0.1\)"),
     ("lr: {type: loguniform, low: 0, high: 0.1}", "lr: loguniform needs low > 0"),
     ("lr: {type: float, low: abc, high: 0.1}", "lr: low must be a number"),
-    ("epochs: {type: float, low: 1, high: 5}", "epochs: is an integer field"),
-    ("epochs: {type: int, low: 1.5, high: 5}", "whole numbers"),
+    ("batch_size: {type: float, low: 1, high: 5}", "batch_size: is an integer field"),
+    ("batch_size: {type: int, low: 1.5, high: 5}", "whole numbers"),
+    ("lr: {type: float, low: 1.0e-5, high: .inf}", r"lr: high must be a finite number \(got inf\)"),
+    ("lr: {type: loguniform, low: 1.0e-5, high: .inf}", "lr: high must be a finite number"),
+    ("lr: {type: float, low: .nan, high: 0.1}", r"lr: low must be a finite number \(got nan\)"),
+    ("stage2_epoch: {type: int, low: -.inf, high: 5}", "stage2_epoch: low must be a finite number"),
+    ("dropout: {type: categorical, choices: [.nan, 0.1]}", "dropout: choices must be finite numbers"),
+    ("lr: {type: categorical, choices: [0.1, .inf]}", "lr: choices must be finite numbers"),
     ("dropout: {type: int, low: 0, high: 1}", "dropout: is a float field"),
     ("backbone: {type: int, low: 0, high: 1}", "backbone: is a str field"),
     ("optimizer: {type: categorical, choices: []}", "optimizer: choices must be a non-empty list"),
@@ -228,6 +235,8 @@ def test_yaml_space_errors_name_file_and_key(tmp_path, text, message):
      "smoothing_decay_epoch1: the range allows.*out of order"),
     ("stage3_epoch: {type: int, low: 5, high: 30}", "stage3_epoch: the range allows"),
     ("final_clean_epoch: {type: int, low: 10, high: 60}", "beyond --epochs 50"),
+    ("stage2_epoch: {type: int, low: 5, high: 25}\nstage3_epoch: {type: int, low: 20, high: 30}",
+     r"out of order.*; narrow it so ordered switches do not overlap$"),
     ("mixup_prob: {type: float, low: 0.5, high: 1.5}", "probability"),
     ("optimizer: {type: categorical, choices: [adamw, lion]}", "must be one of"),
 ])
@@ -236,6 +245,52 @@ def test_yaml_space_ranges_checked_against_the_base(tmp_path, text, message):
     search_spaces.get(path)  # structurally fine
     with pytest.raises(UserError, match=message):
         search_spaces.check(path, seed_base(50))
+
+
+def test_yaml_range_error_shows_the_value_once_and_no_unrelated_hint(tmp_path):
+    path = write(tmp_path, "mixup_prob: {type: float, low: 0.5, high: 1.5}\n")
+    with pytest.raises(UserError) as info:
+        search_spaces.check(path, seed_base(50))
+    assert str(info.value) == (f"{path}: mixup_prob: the range allows an invalid config (--mixup-prob=1.5: "
+                               f"is a probability: use a value in [0, 1]); narrow it")
+
+
+# Every field a space must not tune, as a user would write it (the type its field takes).
+UNSEARCHABLE = {
+    "train_dir": "{type: categorical, choices: [data/a, /nonexistent/b]}",
+    "val_dir": "{type: categorical, choices: [a, b]}",
+    "train_meta": "{type: categorical, choices: [a.csv, b.csv]}",
+    "val_meta": "{type: categorical, choices: [a.csv, b.csv]}",
+    "class_weights": "{type: categorical, choices: [w.csv, '']}",
+    "demo": "{type: categorical, choices: [true, false]}",
+    "image_size": "{type: int, low: 32, high: 64}",
+    "progressive_image_size": "{type: categorical, choices: [40, 64]}",
+    "epochs": "{type: int, low: 1, high: 3}",
+    "pretrained_path": "{type: categorical, choices: [a.pth, b.pth]}",
+    "save_dir": "{type: categorical, choices: [a, b]}",
+    "resume": "{type: categorical, choices: [a.pth]}",
+    "device": "{type: categorical, choices: [cpu, cuda]}",
+    "num_workers": "{type: int, low: 0, high: 4}",
+    "log_interval": "{type: int, low: 1, high: 10}",
+    "save_freq": "{type: int, low: 0, high: 5}",
+    "seed": "{type: int, low: 0, high: 100}",
+}
+
+
+@pytest.mark.parametrize("field", sorted(UNSEARCHABLE))
+def test_fields_a_search_cannot_tune_are_refused_with_the_flag_to_use(tmp_path, field):
+    path = write(tmp_path, f"lr: {{type: loguniform, low: 1.0e-4, high: 1.0e-2}}\n{field}: {UNSEARCHABLE[field]}\n")
+    with pytest.raises(UserError) as info:
+        search_spaces.get(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {field}: cannot be searched: ") and "\n" not in message
+    assert search_spaces.unsearchable(field) in message
+
+
+def test_no_builtin_space_tunes_a_field_a_search_cannot():
+    assert set(UNSEARCHABLE) == set(yaml_space.UNSEARCHABLE)
+    for name in BUILTIN:
+        assert not [f for f in search_spaces.get(name).fields if search_spaces.unsearchable(f)], name
 
 
 def test_yaml_ordered_ranges_beyond_the_base_values_are_fine(tmp_path):
