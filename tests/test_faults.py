@@ -232,6 +232,8 @@ BAD_SEARCH_INPUT = {
     "pretrained weights unavailable offline": (
         lambda root, tmp: ["--pretrained", "--backbone", "resnet18"], "--pretrained-path"),
     "--resume of a directory that is not a search": (None, "is not a croptune search"),
+    "--cpus-per-trial beyond this machine": (lambda root, tmp: ["--cpus-per-trial", "100000"], "this machine has only"),
+    "empty --name": (lambda root, tmp: ["--name", ""], "--name '': the name is empty"),
 }
 
 
@@ -279,6 +281,29 @@ def test_bad_search_input_is_one_line_exit_2_and_writes_nothing(case, dataset, t
     assert "Traceback" not in stdout + stderr
     assert sorted(p.relative_to(cwd) for p in cwd.rglob("*")) == before  # no experiment dir, no mlflow.db
     assert not [p for p in cache.rglob("*") if p.is_file()]  # no decoded-image cache either
+
+
+def test_unreachable_address_is_one_line_within_seconds(dataset, tmp_path, monkeypatch, cli_in_process):
+    """--address where nothing listens: ray.init would retry for minutes; the search says so at once
+    (the real connect() runs here, after all the other checks)."""
+    import time
+
+    import tuner.search
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    code, stdout, stderr = cli_in_process(tuner.search.main, tiny_flags(dataset, cwd / "results", "addr")
+                                          + ["--address", address])
+    assert time.monotonic() - started < 60  # Ray's own retries took minutes
+    assert code == 2, (stdout[-2000:], stderr[-2000:])
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --address {address}: no Ray cluster listens there")
+    assert "`ray start --head`" in lines[0]
+    assert not (cwd / "results").exists() and not (cwd / "mlflow.db").exists()
 
 
 # ======================================================================== 4. interrupted write
@@ -562,6 +587,28 @@ def test_diverged_trial_is_marked_and_the_search_goes_on(faulty_search):
     (run,) = children[diverged.trial_id]
     assert run.info.status == "FAILED" and run.data.tags["diverged"] == "true"
     assert "diverged" in run.data.tags["error"]
+
+
+def test_search_where_every_trial_failed_exits_1_without_an_export_hint(dataset, ray_env, tmp_path):
+    storage = tmp_path / "results"
+    code, out = search_in_process(tiny_flags(dataset, storage, "allfail") + [
+        "--lr", str(DIVERGING_LR), "--num-samples", "1", "--max-failures", "0", "--no-mlflow"])
+    assert code == 1, out[-3000:]
+    assert "nothing to export (all 1 trials failed; their errors are listed below)" in out
+    assert "failed trial" in out and "diverged" in out
+    assert "Export the best config" not in out and "run_search.py export" not in out
+    summary = json_file(storage / "allfail" / SUMMARY_FILE)
+    assert summary["num_failed"] == summary["num_trials"] == 1 and summary["best_trial_id"] is None
+
+
+def test_time_budget_spent_before_any_report_says_so_and_exits_1(dataset, ray_env, tmp_path):
+    storage = tmp_path / "results"
+    code, out = search_in_process(tiny_flags(dataset, storage, "budget") + [
+        "--num-samples", "1", "--grace-period", str(EPOCHS), "--time-budget", "1", "--no-mlflow"])
+    # a 1 s budget ends the search before its trial reports an epoch (starting one takes longer)
+    assert code == 1, out[-3000:]
+    assert "the --time-budget of 1 s ran out before any trial reported its first epoch" in out
+    assert "see the trial errors" not in out and "Export the best config" not in out
 
 
 def test_hold_hook_is_off_without_the_env_var(monkeypatch, tmp_path):

@@ -71,6 +71,9 @@ def test_search_flags_and_durations():
     (["--name", "a/b"], "--name a/b"),
     (["--address", "not an address"], "--address"),
     (["--cpus-per-trial", "0"], "--cpus-per-trial 0"),
+    (["--cpus-per-trial", "100"], "--cpus-per-trial 100: this machine has only"),  # before Ray starts
+    (["--name", ""], "--name '': the name is empty"),
+    (["--resume", " "], "--resume '': the name is empty"),
 ])
 def test_bad_search_flags_are_user_errors(argv, message):
     with pytest.raises(UserError, match=message):
@@ -182,3 +185,71 @@ def test_local_gpu_requests_are_checked_before_ray(monkeypatch):
         check_local_devices(parse_settings(["--gpus-per-trial", "0.5"]))
     with pytest.raises(UserError, match="--device cuda"):
         check_local_devices(parse_settings(["--device", "cuda"]))
+
+
+def test_cpus_per_trial_on_a_cluster_is_checked_once_attached():
+    s = parse_settings(["--cpus-per-trial", "100", "--address", "auto"])  # the cluster may have them
+    assert s.cpus_per_trial == 100
+
+
+@pytest.mark.parametrize("argv", [["--mode", "sideways"], ["--num-sample", "3"], ["--stor", "x"]])
+def test_no_abbreviated_flags(argv, capsys):
+    """argparse's prefix matching read `--mode sideways` as --model-type; a partial flag is unknown."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse_settings(argv)
+    assert exit_info.value.code == 2
+    assert f"unrecognized arguments: {argv[0]}" in capsys.readouterr().err
+
+
+def test_default_names_are_unique_within_a_second(tmp_path, monkeypatch):
+    from tuner.cli import default_name
+
+    monkeypatch.chdir(tmp_path)
+    names = {default_name("stage_epochs") for _ in range(50)} | {parse_settings([]).name for _ in range(3)}
+    assert len(names) == 53
+    assert all(name.startswith("stage_epochs-") for name in names)
+
+
+def test_an_experiment_directory_is_claimed_once(tmp_path):
+    """Two searches that both passed check_new_experiment: only the first mkdir wins."""
+    from tuner.experiment import claim_new_experiment, release_claim
+
+    storage = tmp_path / "new" / "results"
+    check_new_experiment(str(storage), "same")
+    check_new_experiment(str(storage), "same")  # the other search's check, at the same moment
+    claimed = claim_new_experiment(str(storage), "same")
+    assert claimed == storage / "same" and claimed.is_dir()
+    with pytest.raises(UserError, match="created by another search meanwhile; choose another --name"):
+        claim_new_experiment(str(storage), "same")
+    (claimed / "tuner.pkl").write_bytes(b"written")
+    release_claim(claimed)  # a search that wrote into it keeps it
+    assert (claimed / "tuner.pkl").is_file()
+    (claimed / "tuner.pkl").unlink()
+    release_claim(claimed)  # an empty claim is given back
+    assert not claimed.exists()
+
+
+def test_report_says_why_no_trial_scored(tmp_path):
+    base = TrainConfig(epochs=4)
+    settings = SimpleNamespace(name="exp", storage_path="/s", space="optim", metric="macro_f1", mode="max", base=base)
+    failed = trial_records([fake_trial("a", "ERROR", 0, None, error="RuntimeError: boom", tmp=tmp_path),
+                            fake_trial("b", "ERROR", 0, None, error="RuntimeError: bang", tmp=tmp_path)],
+                           base, "macro_f1")
+    report = format_report(build_summary(settings, failed, 3.0), failed, base)
+    assert "nothing to export (all 2 trials failed; their errors are listed below)" in report
+    assert "failed trial a: RuntimeError: boom" in report
+    unscored = trial_records([fake_trial("c", "TERMINATED", 0, None)], base, "macro_f1")
+    report = format_report(build_summary(settings, unscored, 1.0), unscored, base, time_budget_s=1.0)
+    assert "the --time-budget of 1 s ran out before any trial reported its first epoch" in report
+    assert "errors" not in report
+
+
+def test_printed_commands_are_shell_quoted():
+    import shlex
+
+    from tuner.search import export_command, resume_command
+
+    settings = SimpleNamespace(name="exp", storage_path="/data/my results")
+    assert shlex.split(export_command(settings))[3:] == ["--experiment", "exp", "--storage-path",
+                                                         "/data/my results", "--out", "best.yaml"]
+    assert shlex.split(resume_command(settings, []))[2:] == ["--resume", "exp", "--storage-path", "/data/my results"]

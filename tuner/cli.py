@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="subcommands: " + "; ".join(f"`run_search.py {k}`: {v}" for k, v in SUBCOMMANDS.items())
         + ". Every TrainConfig flag changes the base config the search starts from.",
         conflict_handler="resolve",  # our --seed / --resume replace TrainConfig's (see module doc)
+        allow_abbrev=False,  # `--mode sideways` must not be read as an abbreviation of --model-type
     )
     add_config_arguments(parser)
     s = parser.add_argument_group("search")
@@ -132,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPUs per trial, fractions allowed, e.g. 0.5 (default 1 on CUDA / MPS, 0 on CPU)")
     r.add_argument("--storage-path", default=S, metavar="DIR",
                    help="where experiments are written (default ./ray_results; shared storage on a cluster)")
-    r.add_argument("--name", default=S, help="experiment name (default <space>-<timestamp>)")
+    r.add_argument("--name", default=S, help="experiment name (default <space>-<timestamp>-<random suffix>)")
     r.add_argument("--max-failures", type=int, default=S, metavar="N",
                    help="restarts of a crashed trial from its last checkpoint (default 2)")
     r.add_argument("--keep-checkpoints", type=int, default=S, metavar="K",
@@ -172,6 +174,10 @@ def parse_settings(argv: list[str] | None) -> SearchSettings:
     parser = build_parser()
     ns = parser.parse_args(argv)
     given = set(vars(ns))
+    for flag in ("name", "resume"):
+        if flag in given and not str(getattr(ns, flag)).strip():
+            hint = "drop --name for a fresh default name" if flag == "name" else "name the search to continue"
+            raise UserError(f"--{flag} '': the name is empty; {hint}")
     if "resume" in given:
         return _resume_settings(ns, given - parser.plugin_dests)
     opts = {**DEFAULTS, **{k: v for k, v in vars(ns).items() if k in DEFAULTS}}
@@ -248,6 +254,10 @@ def check_settings(s: SearchSettings) -> None:
             bad(flag_name, f"{value:g}", "must not be negative")
     if s.cpus_per_trial is not None and s.cpus_per_trial == 0:
         bad("--cpus-per-trial", 0, "a trial needs at least part of a CPU, e.g. 0.5")
+    cpus = local_cpu_count()
+    if s.address is None and s.cpus_per_trial is not None and s.cpus_per_trial > cpus:
+        # a local Ray never has more CPUs than the OS gives this process (an attached cluster is checked there)
+        bad("--cpus-per-trial", f"{s.cpus_per_trial:g}", f"this machine has only {cpus} CPUs; ask for at most {cpus}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,127}", s.name):
         bad("--name", s.name, "use letters, digits and . _ = + - (no slashes or spaces)")
     if s.address is not None and not (s.address == "auto" or re.fullmatch(r"(ray://)?[\w.-]+:\d+", s.address)):
@@ -263,6 +273,12 @@ def _check_storage(storage: str) -> None:
         raise UserError(f"--storage-path {storage}: {probe} is not a writable directory; choose another")
 
 
+def local_cpu_count() -> int:
+    """CPUs this process may run on (the affinity mask where the OS has one)."""
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    return len(getaffinity(0)) if getaffinity else (os.cpu_count() or 1)
+
+
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """Trials run in Ray's working directories: resolve every path the driver was given."""
     changes = {}
@@ -276,7 +292,8 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
 def default_name(space: str) -> str:
     stem = Path(space).stem if space.endswith((".yaml", ".yml")) else space
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", stem) or "search"
-    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # the suffix keeps two searches started in the same second apart (they would share one directory)
+    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
 def parse_duration(text) -> float | None:

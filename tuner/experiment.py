@@ -42,6 +42,27 @@ def check_new_experiment(storage_path: str, name: str) -> None:
         raise UserError(f"experiment {path} already exists: {hint} another --name")
 
 
+def claim_new_experiment(storage_path: str, name: str) -> Path:
+    """Create the experiment directory, failing if it exists: of two searches that passed
+    check_new_experiment at once, only one gets it (mkdir is atomic), the other stops."""
+    path = experiment_dir(storage_path, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        raise UserError(f"experiment {path} was created by another search meanwhile; "
+                        f"choose another --name (or leave it out for a fresh default)") from None
+    return path
+
+
+def release_claim(path: Path) -> None:
+    """Remove a claimed experiment directory that is still empty (the search stopped before writing)."""
+    try:
+        path.rmdir()
+    except OSError:  # not empty (Tune or the meta wrote into it) or already gone: keep it
+        pass
+
+
 def read_meta(storage_path: str, name: str) -> dict:
     """The settings a search was started with; UserError when NAME is not a croptune search."""
     path = experiment_dir(storage_path, name)
@@ -58,6 +79,29 @@ def read_meta(storage_path: str, name: str) -> dict:
     except (OSError, ValueError) as exc:
         raise UserError(f"{meta_file}: unreadable ({exc})") from None
     return meta
+
+
+def lost_checkpoints(storage_path: str, name: str) -> list[str]:
+    """Trials Tune would continue from a checkpoint that is no longer there (trial directory
+    deleted or emptied): Tune then fails them with "Could not recover from checkpoint".
+    Read from Tune's newest experiment_state JSON (its JSON fields only, nothing unpickled)."""
+    path = experiment_dir(storage_path, name)
+    states = sorted(path.glob(TUNE_STATE_GLOB))
+    if not states:
+        return []
+    try:
+        trial_data = json.loads(states[-1].read_text()).get("trial_data", [])
+        lost = []
+        for trial_json, runtime_json in trial_data:
+            trial, runtime = json.loads(trial_json), json.loads(runtime_json)
+            reported = (runtime.get("last_result") or {}).get("training_iteration")
+            if trial.get("status") in ("TERMINATED", "ERROR") or not reported:
+                continue  # finished, or never reported (restarts from its config, needs no checkpoint)
+            if not any((path / trial["relative_logdir"]).glob("checkpoint_*")):
+                lost.append(trial["trial_id"])
+    except (OSError, ValueError, TypeError, KeyError):  # a layout this reader does not know: let Tune decide
+        return []
+    return lost
 
 
 def list_experiments(storage_path: str) -> list[str]:

@@ -21,13 +21,24 @@ from types import SimpleNamespace
 
 from trainable.config import TrainConfig, field_names
 from trainable.errors import UserError
-from tuner.experiment import experiment_dir, load_study, record_session, write_json_atomic, write_meta
+from tuner.experiment import (
+    claim_new_experiment,
+    experiment_dir,
+    load_study,
+    lost_checkpoints,
+    record_session,
+    release_claim,
+    write_json_atomic,
+    write_meta,
+)
 from tuner.hooks import SearchContext, plugin_hooks
 from tuner.prepare import prepare_search, seed_point
+from tuner.ray_compat import probe_address, restored_search
 from tuner.summary import build_summary, format_report, trial_records
 
 TIME_ATTR = "epoch"
 INTERRUPTED_EXIT = 130
+NO_RESULT_EXIT = 1  # the search ran but no trial reported a score: nothing to export
 # Ray prestarts one idle worker per CPU at start-up. Tune creates every trial actor with a
 # runtime_env of its own (env var PL_DISABLE_FORK, ray.tune.execution.class_cache), and a worker
 # serves only tasks/actors of its own runtime env, so those workers never run a trial: each
@@ -54,13 +65,17 @@ def run_search(settings, hooks=None) -> int:
     """Run (or, with settings.resume, continue) a search; returns the process exit code."""
     hooks = plugin_hooks(settings) if hooks is None else list(hooks)
     prepare_search(settings, hooks)  # UserError -> exit 2, nothing written
+    if settings.resume:
+        check_checkpoints(settings)
     started = time.time()
     from trainable.data import load_data
 
     data = load_data(settings.base, progress=True)  # decoded once, on the driver (a bad image: UserError)
+    claimed = None
     if settings.address is None:
         # nothing is left that a user's input can fail (attaching to --address can: no overlap
         # there, so a wrong address leaves no tracking store behind)
+        claimed = _claim(settings)
         for hook in hooks:
             hook.start(settings)
     import ray
@@ -68,7 +83,12 @@ def run_search(settings, hooks=None) -> int:
     # while ray.init waits for Ray's processes; in the order the driver needs them
     hook_imports = tuple(name for hook in hooks for name in HOOK_IMPORTS.get(type(hook).__module__, ()))
     _import_in_background(hook_imports + TUNE_DRIVER_IMPORTS)
-    owns_ray = connect(settings)
+    try:
+        owns_ray = connect(settings)
+    except BaseException:
+        if claimed is not None:
+            release_claim(claimed)
+        raise
     context = SearchContext(settings=settings, experiment_path=str(experiment_dir(settings.storage_path, settings.name)),
                             base_config=settings.base, data_info=data_info(data))
     outcome = "failed"
@@ -81,6 +101,8 @@ def run_search(settings, hooks=None) -> int:
             gpus_per_trial=settings.gpus_per_trial, max_concurrent=settings.max_concurrent,
             device=settings.base.device, num_samples=settings.num_samples)
         print(context.resources.describe(), flush=True)
+        if settings.address is not None:  # attached: the last check (resources) has passed
+            claimed = _claim(settings)
         tuner = build_tuner(settings, data, context, hooks)
         with _sigterm_as_sigint():
             try:
@@ -105,14 +127,38 @@ def run_search(settings, hooks=None) -> int:
         finally:
             if owns_ray:
                 ray.shutdown()
+            if outcome == "failed" and claimed is not None:
+                release_claim(claimed)
     if outcome == "interrupted":
         print(f"\nSearch {settings.name} interrupted; its state is saved. Continue it with:\n"
               f"  {resume_command(settings, hooks)}", flush=True)
         return INTERRUPTED_EXIT
-    print("\n" + format_report(context.summary, records, settings.base), flush=True)
-    print(f"Export the best config: python run_search.py export --experiment {settings.name} "
-          f"--storage-path {settings.storage_path} --out best.yaml", flush=True)
+    budget_spent = settings.time_budget_s is not None and time.time() - started >= settings.time_budget_s * 0.95
+    print("\n" + format_report(context.summary, records, settings.base,
+                               time_budget_s=settings.time_budget_s if budget_spent else None), flush=True)
+    if context.summary["best_trial_id"] is None:
+        return NO_RESULT_EXIT
+    print(f"Export the best config: {export_command(settings)}", flush=True)
     return 0
+
+
+def check_checkpoints(settings) -> None:
+    """--resume: every trial to continue still has its checkpoint (else Tune fails it after Ray started)."""
+    lost = lost_checkpoints(settings.storage_path, settings.name)
+    if lost:
+        raise UserError(f"--resume {settings.name}: the checkpoints of trial(s) {', '.join(lost)} are gone from "
+                        f"{experiment_dir(settings.storage_path, settings.name)} (trial directories deleted?); "
+                        f"restore them, or start a new search")
+
+
+def export_command(settings) -> str:
+    return shlex.join(["python", "run_search.py", "export", "--experiment", settings.name,
+                       "--storage-path", settings.storage_path, "--out", "best.yaml"])
+
+
+def _claim(settings):
+    """The new search's experiment directory, created now (None for --resume: it continues its own)."""
+    return None if settings.resume else claim_new_experiment(settings.storage_path, settings.name)
 
 
 def _import_in_background(modules) -> None:
@@ -147,6 +193,8 @@ def connect(settings) -> bool:
     """Attach to --address or start a local Ray; True when this call started Ray (and must stop it)."""
     import ray
 
+    if settings.address:
+        probe_address(settings.address)  # also when Ray is up: a wrong address is wrong either way
     if ray.is_initialized():
         return False
     # Trials run in Ray worker processes: pass croptune's own settings (cache dir, test hooks).
@@ -209,6 +257,8 @@ def build_tuner(settings, data, context: SearchContext, hooks):
                                    restart_errored=False)
         if callbacks:  # the pickled RunConfig carries the old ones; hooks give fresh ones
             tuner._local_tuner._run_config.callbacks = callbacks
+        tune_config = tuner._local_tuner._tune_config
+        tune_config.search_alg = restored_search(tune_config.search_alg, settings.storage_path, settings.name)
         return tuner
     searcher = build_searcher(settings)
     context.searcher = searcher

@@ -183,7 +183,9 @@ def build_summary(settings, records: list[TrialRecord], wall_time_s: float) -> d
     return summary
 
 
-def format_report(summary: dict, records: list[TrialRecord], base: TrainConfig) -> str:
+def format_report(summary: dict, records: list[TrialRecord], base: TrainConfig,
+                  time_budget_s: float | None = None) -> str:
+    """The printed report; `time_budget_s`: the search ended because this budget ran out."""
     completed = sum(r.completed for r in records)
     diverged = sum(r.diverged for r in records)
     failed = f"{summary['num_failed']} failed" + (f" ({diverged} diverged)" if diverged else "")
@@ -194,7 +196,7 @@ def format_report(summary: dict, records: list[TrialRecord], base: TrainConfig) 
     ]
     best = next((r for r in records if r.trial_id == summary["best_trial_id"]), None)
     if best is None:
-        lines.append("No trial reported a score: nothing to export (see the trial errors above).")
+        lines.append(f"No trial reported a score: nothing to export ({_why_no_score(records, time_budget_s)}).")
     else:
         how = "" if best.completed else f" (after {best.epochs_done}/{best.epochs_planned} epochs: no trial completed)"
         lines.append(f"Best trial {best.trial_id}: {summary['metric']} = {summary['best_value']:.4f}{how}")
@@ -238,6 +240,18 @@ def _seed_trial_lines(summary: dict, records: list[TrialRecord], base: TrainConf
             f"; at its last epoch ({seed['epochs']}) the winner had {at:.4f} ({at - seed['value']:+.4f})"
             if at is not None else "") + ".")
     return lines
+
+
+def _why_no_score(records: list[TrialRecord], time_budget_s: float | None) -> str:
+    failed = sum(r.failed for r in records)
+    if records and failed == len(records):
+        return f"all {failed} trials failed; their errors are listed below"
+    if time_budget_s is not None:
+        return (f"the --time-budget of {time_budget_s:g} s ran out before any trial reported "
+                f"its first epoch; give the search more time")
+    if failed:
+        return f"{failed} trial(s) failed (listed below), the others reported no epoch"
+    return "no trial reported an epoch"
 
 
 def _fmt(value) -> str:
