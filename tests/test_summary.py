@@ -69,10 +69,13 @@ def test_the_report_says_when_the_winner_is_trial_0_or_trial_0_stopped_early():
 
 
 def test_trial_records_read_every_epochs_score_and_the_creation_order(tmp_path):
+    """(A restarted trial of a real search kept only its last epoch in result.json.)"""
     trial_dir = tmp_path / "t2"
     trial_dir.mkdir()
     rows = [{"epoch": 1, "macro_f1": 0.1}, {"epoch": 2, "macro_f1": 0.25}]
-    (trial_dir / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows) + "{truncated")
+    # after a restart from a checkpoint Tune's result.json holds only the epochs since; progress.csv all
+    (trial_dir / "progress.csv").write_text("epoch,macro_f1,val_loss\n1,0.1,4.1\n2,0.25,4.0\n")
+    (trial_dir / "result.json").write_text(json.dumps(rows[1]) + "\n{truncated")
     trial = SimpleNamespace(trial_id="x", status="TERMINATED", config={}, path=str(trial_dir),
                             experiment_tag="2_stage2_frac=0.3", last_result=rows[-1])
     without_dir = SimpleNamespace(trial_id="y", status="TERMINATED", config={}, last_result={"epoch": 1,

@@ -16,6 +16,7 @@ recipe's point that the search evaluates first (`seed_trial`), on the same budge
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 from collections import Counter
 from collections.abc import Iterable
@@ -87,25 +88,36 @@ def _trial_number(trial, index: int) -> int:
 
 
 def _epoch_scores(trial, metric: str) -> dict[int, float]:
-    """epoch -> metric, from the trial's result.json (Tune keeps only the last result in memory)."""
+    """epoch -> metric, from the trial's progress.csv and result.json (Tune keeps only the last
+    result in memory, and rewrites result.json without the epochs before a restart)."""
     scores: dict[int, float] = {}
     for attr in ("path", "local_path"):
         try:
             where = getattr(trial, attr, None)
         except Exception:  # noqa: BLE001 - Tune's local_path asserts a live Ray session
             continue
-        if not where or not (Path(where) / "result.json").is_file():
-            continue
-        for line in (Path(where) / "result.json").read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError, TypeError):
-                row = json.loads(line)
-                if row.get("epoch") is not None and row.get(metric) is not None:
-                    scores[int(row["epoch"])] = float(row[metric])
-        break
+        if where and any((Path(where) / name).is_file() for name in ("progress.csv", "result.json")):
+            _read_scores(Path(where), metric, scores)
+            break
     last = trial.last_result or {}
     if last.get("epoch") and last.get(metric) is not None:
         scores.setdefault(int(last["epoch"]), float(last[metric]))
     return scores
+
+
+def _read_scores(trial_dir: Path, metric: str, scores: dict[int, float]) -> None:
+    rows: list[dict] = []
+    with contextlib.suppress(OSError, csv.Error):
+        with open(trial_dir / "progress.csv", newline="") as handle:
+            rows += list(csv.DictReader(handle))
+    with contextlib.suppress(OSError):
+        for line in (trial_dir / "result.json").read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                rows.append(json.loads(line))
+    for row in rows:
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            if row.get("epoch") not in (None, "") and row.get(metric) not in (None, ""):
+                scores[int(float(row["epoch"]))] = float(row[metric])
 
 
 def count_ties(scores: Iterable[float | None]) -> int:
