@@ -3,12 +3,15 @@
 - a 3-trial search writes a standard Tune experiment that Tuner.restore reads back in a fresh
   process, and search_summary.json agrees with it; one of its trials raises once (the
   CROPTUNE_TEST_FAULT_DIR hook in trainable.tune_entry) and is retried from its checkpoint;
-- Ctrl-C mid-trial, then --resume, completes the search without rerunning what ran;
+- Ctrl-C mid-trial, then --resume of a copy under another --storage-path, completes the search
+  without rerunning what ran and without writing to the original (a copy whose trial
+  directories were deleted is refused before Ray starts);
 - bad input is one line, exit 2, and writes nothing.
 """
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +26,7 @@ import ray
 import search_spaces
 from trainable.config import TrainConfig
 from trainable.demo_data import layout_paths, write_synthetic_dataset
+from trainable.errors import UserError
 from trainable.tune_entry import FAULT_DIR_ENV
 from tuner.cli import parse_settings
 from tuner.experiment import BASE_CONFIG_FILE, META_FILE, SUMMARY_FILE, load_study
@@ -179,6 +183,11 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(env, tmp_path, extra, m
     assert not storage.exists() and not any(tmp_path.iterdir())
 
 
+def tree(root: Path) -> dict:
+    """Every path under root with its size and modification time (what a write would change)."""
+    return {p.relative_to(root): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
 def wait_for(predicate, timeout: float) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -224,9 +233,26 @@ def test_interrupted_search_resumes_and_completes(env, capsys):
     paused = (env["faults"] / "paused").read_text().strip()
     (env["faults"] / "paused").unlink()
 
+    # its trial directories deleted: refused before Ray starts (Tune would fail the trial and exit 0)
+    lost = env["tmp"] / "lost"
+    shutil.copytree(exp, lost / "resume")
+    for trial in (lost / "resume").glob("train_trial_*"):
+        shutil.rmtree(trial)
+    before = tree(lost)
+    with pytest.raises(UserError, match=rf"--resume resume: the checkpoints of trial\(s\) {paused} are gone"):
+        search(["--resume", "resume", "--storage-path", str(lost)])
+    assert tree(lost) == before
+
+    # resumed from a copy under another --storage-path: everything it writes goes there, the
+    # original stays as it was (Tune wrote the searcher's new trials into the original)
+    original, storage = tree(exp), env["tmp"] / "moved"
+    shutil.copytree(exp, storage / "resume")
+    exp = storage / "resume"
     capsys.readouterr()
     hook = RecordingHook()
     assert search(["--resume", "resume", "--storage-path", str(storage)], hook) == 0
+    assert tree(env["storage"] / "resume") == original
+    assert len(list(exp.glob("train_trial_*"))) == 2
     assert hook.calls == ["validate", "callbacks", "finished"]
     assert len(hook.context.searcher.study.trials) == 2  # hooks see the study on resume too
     assert "Resuming" in capsys.readouterr().out
