@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from trainable.errors import UserError, run_cli
+from trainable.errors import DivergedError, UserError, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,8 +20,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m trainable",
         description="Train the 61-class crop-disease classifier once with the staged recipe.",
+        allow_abbrev=False,  # `--mode x` must not silently mean --model-type
     )
     add_config_arguments(parser)
+    parser.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,
+                        help="reuse a --save-dir that holds an earlier run, removing its checkpoints and logs "
+                             "(without it: a --save-dir you give must not hold a run; the default one moves on "
+                             "to <dir>-2, -3, ...)")
     return parser
 
 
@@ -34,11 +39,11 @@ def check_writable(directory: Path) -> None:
         raise UserError(f"--save-dir {directory}: {probe} is not a writable directory; choose another --save-dir")
 
 
-def check_model(cfg) -> None:
+def check_model(cfg):
     """Build the model once on the CPU so an unknown backbone or missing weights fail before any write."""
     from trainable.models import build_model
 
-    build_model(cfg)
+    return build_model(cfg)
 
 
 def write_config(cfg, path: Path) -> None:
@@ -59,9 +64,15 @@ def format_epoch(cfg, metrics: dict) -> str:
 
 def prepare(argv: list[str] | None):
     """Parse, resolve and validate everything a run needs, writing nothing. Returns (cfg, data, state)."""
-    from trainable.checkpoint import load_checkpoint
+    from trainable.checkpoint import (
+        check_resume_compatible,
+        choose_save_dir,
+        clear_run_files,
+        load_checkpoint,
+    )
     from trainable.cli_config import resolve_config, scaled_note
     from trainable.data import load_data
+    from trainable.devices import select_device
     from trainable.schedule import describe
 
     ns = build_parser().parse_args(argv)
@@ -70,13 +81,27 @@ def prepare(argv: list[str] | None):
     if state is not None and state["epoch"] >= cfg.epochs:
         raise UserError(f"--resume {ns.resume}: the checkpoint already finished epoch {state['epoch']} of "
                         f"--epochs {cfg.epochs}; raise --epochs to train further")
+    if state is not None:
+        check_resume_compatible(state, cfg, ns.resume)
+    select_device(cfg.device)  # --device cuda without CUDA: one line before the save dir exists
+    overwrite = getattr(ns, "overwrite", False)
+    save_dir, moved = choose_save_dir(cfg.save_dir, explicit="save_dir" in vars(ns), overwrite=overwrite,
+                                      resume=getattr(ns, "resume", None))
+    cfg = cfg.replace(save_dir=save_dir)
     check_writable(Path(cfg.save_dir))
-    check_model(cfg)
+    model = check_model(cfg)
+    if state is not None:
+        check_resume_compatible(state, cfg, ns.resume, model)
+    del model
     note = scaled_note(cfg)
     if note:
         print(note)
     print(describe(cfg))
     data = load_data(cfg, progress=True)
+    if moved:
+        print(moved)
+    if overwrite and not (state is not None and Path(ns.resume).resolve().parent == Path(save_dir).resolve()):
+        clear_run_files(Path(save_dir))  # every check passed: only now remove the earlier run's files
     return cfg, data, state
 
 
@@ -111,6 +136,9 @@ def train(cfg, data, state=None, on_epoch=None) -> dict:
                 save_checkpoint(result.state, save_dir / f"epoch_{m['epoch']}.pth")
             if on_epoch is not None:
                 on_epoch(result)
+    except DivergedError as exc:  # main's run_cli prints it as one `error: diverged:` line, exit 1
+        kept = f"; the checkpoints up to epoch {last.epoch} stay in {save_dir}" if last is not None else ""
+        raise DivergedError(f"{exc}{kept}") from None
     except KeyboardInterrupt:
         if last is not None:
             save_checkpoint(last.state, save_dir / "interrupted.pth")

@@ -56,3 +56,69 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if missing:
         raise UserError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
     return state
+
+
+# Fields that shape the model's parameters: a checkpoint only loads into the same architecture.
+ARCHITECTURE_FIELDS = ("model_type", "backbone", "fewshot_hidden", "use_cosine_classifier", "use_center_loss")
+# What a run writes into its save dir (other files there are not ours and are left alone).
+RUN_FILES = ("config.yaml", "best_custom.pth", "last.pth", "interrupted.pth", "epoch_*.pth", "logs")
+
+
+def check_resume_compatible(state: dict, cfg, path, model=None) -> None:
+    """Refuse a resume whose flags change the checkpoint's architecture (before anything is written)."""
+    from trainable.config import flag
+
+    saved = state.get("config") or {}
+    changed = [f"{flag(name)} {getattr(cfg, name)} (the checkpoint has {saved[name]})"
+               for name in ARCHITECTURE_FIELDS if name in saved and saved[name] != getattr(cfg, name)]
+    if changed:
+        raise UserError(f"--resume {path}: {'; '.join(changed)} changes the model's architecture; drop those "
+                        f"flags to continue the run, or start a new run without --resume")
+    if model is not None:  # anything else that changes a parameter's shape (e.g. a checkpoint from another build)
+        ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in state["model_state_dict"].items()}
+        if ours != theirs:
+            diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+            raise UserError(f"--resume {path}: the checkpoint's model does not match this configuration "
+                            f"({len(diff)} parameter(s) differ, e.g. {diff[0]}); start a new run without --resume")
+
+
+def run_files(directory: Path) -> list[Path]:
+    """The files of an earlier run in `directory` (what train() writes there)."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for pattern in RUN_FILES for p in directory.glob(pattern))
+
+
+def choose_save_dir(save_dir: str, *, explicit: bool, overwrite: bool, resume: str | None) -> tuple[str, str | None]:
+    """Where this run writes, and a note when that is not `save_dir`; writes nothing.
+
+    A run never mixes its files with another's: resuming from a checkpoint inside the directory
+    continues there; --overwrite reuses it; a --save-dir the user typed that holds a run is
+    refused; the default (or a --config's) save dir moves on to `<dir>-2`, `-3`, ...
+    """
+    directory = Path(save_dir)
+    found = run_files(directory)
+    if not found or overwrite:
+        return save_dir, None
+    if resume and Path(resume).resolve().parent == directory.resolve():
+        return save_dir, None
+    if explicit:
+        raise UserError(f"--save-dir {save_dir} already holds a run ({found[0].name}); pass --overwrite to replace "
+                        f"it, --resume {directory / 'last.pth'} to continue it, or choose another --save-dir")
+    n = 2
+    while run_files(Path(f"{save_dir}-{n}")):
+        n += 1
+    chosen = f"{save_dir}-{n}"
+    return chosen, f"note: {save_dir} holds an earlier run; this run writes to {chosen} (--save-dir to choose)"
+
+
+def clear_run_files(directory: Path) -> None:
+    """--overwrite: remove an earlier run's files (only those a run writes) so the two do not mix."""
+    import shutil
+
+    for path in run_files(directory):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()

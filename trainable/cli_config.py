@@ -76,10 +76,18 @@ def read_yaml_config(path: str) -> dict:
     import yaml
 
     file = Path(path)
+    if file.is_dir():
+        raise UserError(f"--config {path} is a directory; pass the YAML file itself (e.g. an exported best.yaml, "
+                        f"or a run's config.yaml)")
     if not file.is_file():
         raise UserError(f"--config {path}: no such file")
     try:
-        values = yaml.safe_load(file.read_text())
+        values = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"--config {path} is not a text file (not UTF-8); pass a TrainConfig YAML "
+                        f"(e.g. an exported best.yaml)") from None
+    except OSError as exc:
+        raise UserError(f"--config {path} cannot be read ({exc.strerror}); check its permissions") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -89,6 +97,9 @@ def read_yaml_config(path: str) -> dict:
     unknown = sorted(set(values) - set(field_names()))
     if unknown:
         raise UserError(f"--config {path}: unknown field(s) {', '.join(unknown)}")
+    if values.get("resume") is not None:  # resuming loads the checkpoint's own config: it is a flag, not a knob
+        raise UserError(f"--config {path}: `resume: {values['resume']}` is not read from a config file; "
+                        f"pass --resume {values['resume']} on the command line (or delete the line)")
     return {k: coerce(k, v, f"--config {path}") for k, v in values.items()}
 
 
@@ -114,10 +125,10 @@ def resolve_config(ns: argparse.Namespace, checkpoint_config: dict | None = None
         saved = {k: v for k, v in checkpoint_config.items() if k in TrainConfig.__dataclass_fields__}
 
     demo = explicit.get("demo", saved.get("demo", False) if saved else False)
-    if demo and not saved:
+    if demo:
         values = _layer(values, DEMO_RECIPE, keep=set())
-    if saved:
-        values.update(saved)  # a saved config is complete and already consistent
+    if saved:  # a partial config (`epochs: 2` alone) scales the schedule as --epochs 2 does
+        values = _layer(values, saved, keep=set(saved) & set(SCHEDULE_FIELDS))
     keep = set(explicit) & set(SCHEDULE_FIELDS)
     if checkpoint_config is not None and not getattr(ns, "config_file", None):
         keep = set(SCHEDULE_FIELDS)  # resuming: the run's own switch-points have partly happened

@@ -175,14 +175,20 @@ def coerce(name: str, value, source: str = "config"):
             if str(value).lower() in ("false", "0", "no"):
                 return False
             raise ValueError
+        if kind in (int, float) and isinstance(value, bool):  # YAML `epochs: true` would otherwise read as 1
+            raise ValueError
         if kind is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(value)
         if kind is float:
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                where = flag(name) if source == "flags" else f"{source}: {name}"
+                raise UserError(f"{where}={value!r} is not a finite number; give a finite value")
+            return number
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UserError(f"{source}: {name}={value!r} is not a valid {kind.__name__}") from None
 
 
@@ -210,6 +216,10 @@ def _validate(cfg: TrainConfig) -> None:
     def bad(name: str, why: str) -> None:
         raise UserError(f"{flag(name)}={getattr(cfg, name)}: {why}")
 
+    for f in fields(cfg):  # inf / nan pass every range check below (nan compares false to all)
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            bad(f.name, "must be a finite number")
     for name, options in CHOICES.items():
         if getattr(cfg, name) not in options:
             bad(name, f"must be one of {', '.join(options)}")

@@ -15,9 +15,13 @@ class DivergedError(RuntimeError):
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run a CLI entry point; a UserError becomes `error: <message>` on stderr and exit code 2."""
+    """Run a CLI entry point; a UserError becomes `error: <message>` on stderr and exit code 2,
+    a diverged training run `error: diverged: <message>` and exit code 1 (a run that failed, not bad input)."""
     try:
         return int(main(argv) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except DivergedError as exc:
+        print(f"error: diverged: {exc}", file=sys.stderr)
+        return 1

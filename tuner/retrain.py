@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from trainable.__main__ import prepare, train
+    from trainable.errors import DivergedError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     ns = build_parser().parse_args(argv)  # every flag checked (and --help) before anything runs
@@ -84,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         run.log_outputs(cfg)
     except KeyboardInterrupt:
         run.finish("KILLED")
+        raise
+    except DivergedError:  # run_cli prints the one `error: diverged:` line; the run says why it failed
+        run.client.set_tag(run.run_id, "diverged", "true")
+        run.finish("FAILED")
         raise
     except BaseException:
         run.finish("FAILED")
@@ -115,8 +120,8 @@ def search_origin(config_file: str | None) -> dict:
                 if not line.startswith("#"):
                     break
                 lines.append(line)
-    except OSError:
-        return {}  # prepare() reports a missing or unreadable --config
+    except (OSError, UnicodeDecodeError):
+        return {}  # prepare() reports a missing, unreadable or binary --config
     found = {}
     for line in lines:
         match = _HEADER.match(line)
