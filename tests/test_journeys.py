@@ -32,6 +32,7 @@ from journey_helpers import (
     SMALL,
     assert_ok,
     experiments,
+    own_lines,
     printed_command,
     run_together,
     search_argv,
@@ -130,8 +131,9 @@ def first_checkpoint(folder: Path) -> bool:
 def test_search_ctrl_c_resume_export_retrain_from_a_path_with_a_space(dataset, tmp_path):
     folder = user_folder(dataset, tmp_path / "my searches" / "crop disease")
     env = user_env(tmp_path / "cache")
-    # 3 trials, 2 at a time: the third is still to come when the first checkpoint appears
-    proc, out, err = start(search_argv(*SMALL, "--epochs", "2", "--num-samples", "3"), folder, env, "search")
+    # 3 trials one at a time (one worker, reused): 5 epochs are still to come at the first checkpoint
+    argv = search_argv(*SMALL, "--epochs", "2", "--num-samples", "3", "--max-concurrent", "1")
+    proc, out, err = start(argv, folder, env, "search")
     wait_for(lambda: first_checkpoint(folder), 400, "the first trial checkpoint", proc)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals its foreground process group
     code = finish(proc, 300)
@@ -160,6 +162,8 @@ def test_search_ctrl_c_resume_export_retrain_from_a_path_with_a_space(dataset, t
 
     parent, children = search_runs(f"sqlite:///{folder / 'mlflow.db'}", experiment.name)
     assert parent.info.status == "FINISHED"
+    (retrain_run,) = children.pop(None)  # nested under the search's parent, no trial id
+    assert retrain_run.info.status == "FINISHED" and retrain_run.data.tags["croptune.role"] == "retrain"
     assert sorted(children) == sorted(trial_ids(experiment))
 
 
@@ -173,12 +177,13 @@ def test_two_searches_at_once_in_one_folder(dataset, tmp_path):
     folder = user_folder(dataset, tmp_path / "user")
     env = user_env(tmp_path / "cache")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    argv = search_argv(*SMALL, "--epochs", "1", "--num-samples", "2")
+    # --max-concurrent 1: one trial worker per search (reused), two drivers and two Rays at once
+    argv = search_argv(*SMALL, "--epochs", "1", "--num-samples", "2", "--max-concurrent", "1")
     seen: list[Path] = []
     for round_ in ("a fresh folder", "an existing store"):
         results = run_together([argv, argv], folder, env, timeout=400)
         for code, stdout, stderr in results:
-            assert code == 0 and "Traceback" not in stderr, \
+            assert code == 0 and "Traceback" not in own_lines(stderr), \
                 f"{round_}: exit {code}\n{stdout[-2000:]}\n{stderr[-3000:]}"
         new = [p for p in experiments(folder) if p not in seen]
         assert len(new) == 2, f"{round_}: two searches, experiment dirs {[p.name for p in new]}"
