@@ -120,3 +120,73 @@ def test_demo_recipe_is_cpu_sized():
     assert cfg.balance_sampler and not cfg.use_class_weights  # one way of balancing, not two
     # the other switch-points keep the seed's shape, scaled from 50 to 12 epochs
     assert cfg.lr_restart_epoch == 6 and cfg.final_clean_epoch == 10
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--lr", "inf"), "--lr=inf is not a finite number"),
+    (("--ema-decay", "nan"), "--ema-decay=nan is not a finite number"),
+    (("--grad-clip=-inf",), "--grad-clip=-inf is not a finite number"),
+])
+def test_non_finite_knobs_from_flags_are_rejected(argv, message):
+    with pytest.raises(UserError, match=message):
+        parse(*argv)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("lr: .inf\n", r"lr=inf is not a finite number"),
+    ("mixup_alpha: .nan\n", r"mixup_alpha=nan is not a finite number"),
+    ("epochs: .inf\n", r"epochs=inf is not a valid int"),
+    ("epochs: true\n", r"epochs=True is not a valid int"),
+    ("lr: false\n", r"lr=False is not a valid float"),
+])
+def test_bad_numbers_in_a_config_file_are_rejected(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=rf"^--config {path}: {message}"):
+        parse("--config", str(path))
+
+
+def test_validate_rejects_non_finite_floats_set_in_code():
+    with pytest.raises(UserError, match="--focal-gamma=inf: must be a finite number"):
+        TrainConfig(focal_gamma=float("inf")).validate()
+
+
+def test_a_config_with_only_epochs_scales_the_schedule_as_the_flag_does(tmp_path):
+    path = tmp_path / "short.yaml"
+    path.write_text("epochs: 2\n")
+    assert parse("--config", str(path)) == parse("--epochs", "2")
+    path.write_text("epochs: 20\nstage2_epoch: 3\n")  # a switch-point given in the file is kept, as a flag is
+    assert parse("--config", str(path)) == parse("--epochs", "20", "--stage2-epoch", "3")
+    demo = tmp_path / "demo.yaml"
+    demo.write_text("demo: true\nepochs: 6\n")
+    assert parse("--config", str(demo)) == parse("--demo", "--epochs", "6")
+
+
+def test_config_that_is_a_directory_binary_or_asks_to_resume(tmp_path):
+    with pytest.raises(UserError, match=rf"^--config {tmp_path} is a directory; pass the YAML file itself"):
+        parse("--config", str(tmp_path))
+    binary = tmp_path / "model.pth"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(UserError, match=rf"^--config {binary} is not a text file \(not UTF-8\)"):
+        parse("--config", str(binary))
+    resume = tmp_path / "resume.yaml"
+    resume.write_text("epochs: 4\nresume: runs/a/last.pth\n")
+    with pytest.raises(UserError, match=r"`resume: runs/a/last.pth` is not read from a config file; "
+                                        r"pass --resume runs/a/last.pth on the command line"):
+        parse("--config", str(resume))
+    resume.write_text("epochs: 4\nresume: null\n")  # what every exported config carries
+    assert parse("--config", str(resume)).epochs == 4
+
+
+@pytest.mark.parametrize("command", ["trainable", "retrain"])
+def test_flags_are_never_abbreviated(command, capsys):
+    if command == "trainable":
+        from trainable.__main__ import build_parser
+    else:
+        from tuner.retrain import build_parser
+    for argv in (["--mode", "multitask"], ["--epoch", "3"], ["--overwr"]):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(argv)
+        assert exit_.value.code == 2
+        assert f"unrecognized arguments: {argv[0]}" in capsys.readouterr().err
+    assert build_parser().parse_args(["--model-type", "multitask"]).model_type == "multitask"

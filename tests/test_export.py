@@ -92,3 +92,25 @@ def test_load_config_rejects_unknown_fields(tmp_path):
     path.write_text("lr: 0.1\nlearning_rate: 0.2\n")
     with pytest.raises(UserError, match="unknown TrainConfig field.*learning_rate"):
         export.load_config(path)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("binary", "is not a text file (not UTF-8)"),
+    ("directory", "is a directory; pass the YAML file itself"),
+])
+def test_retrain_of_a_config_that_is_not_yaml_text_is_one_line(tmp_path, monkeypatch, cli_in_process, kind, message):
+    from tuner import retrain
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = tmp_path / "best.yaml"
+    if kind == "binary":
+        config.write_bytes(b"\x80\x02PK\x03\x04" + bytes(range(256)) * 4)  # e.g. a checkpoint passed by mistake
+    else:
+        config.mkdir()
+    code, out, err = cli_in_process(retrain.main, ["--config", str(config)])
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --config {config} {message}"), err
+    assert "Traceback" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["best.yaml"]  # no mlflow.db, no checkpoints/

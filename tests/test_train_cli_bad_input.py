@@ -77,6 +77,19 @@ CASES = {
         lambda root, tmp: ["--resume", str(_not_a_checkpoint(tmp))], "not a croptune checkpoint"),
     "pretrained weights unavailable offline": (
         lambda root, tmp: ["--pretrained", "--backbone", "resnet18"], "--pretrained-path"),
+    "non-finite --lr": (lambda root, tmp: ["--lr", "inf"], "--lr=inf is not a finite number"),
+    "non-finite value in --config": (lambda root, tmp: ["--config", str(_yaml(tmp, "lr: .nan\n"))],
+                                     "lr=nan is not a finite number"),
+    "boolean for a number in --config": (lambda root, tmp: ["--config", str(_yaml(tmp, "epochs: true\n"))],
+                                         "epochs=True is not a valid int"),
+    "binary --config": (lambda root, tmp: ["--config", str(_binary(tmp))], "is not a text file"),
+    "--config of a directory": (lambda root, tmp: ["--config", str(tmp)], "is a directory"),
+    "resume: inside --config": (lambda root, tmp: ["--config", str(_yaml(tmp, "resume: x/last.pth\n"))],
+                                "pass --resume x/last.pth on the command line"),
+    "--device cuda without CUDA": (lambda root, tmp: ["--device", "cuda"], "CUDA is not available"),
+    "--resume with another --backbone": (
+        lambda root, tmp: ["--resume", str(_a_checkpoint(root, tmp)), "--backbone", "resnet18"],
+        "--backbone resnet18 (the checkpoint has test_resnet) changes the model's architecture"),
 }
 
 
@@ -92,12 +105,42 @@ def _not_a_checkpoint(tmp: Path) -> Path:
     return path
 
 
+def _yaml(tmp: Path, text: str) -> Path:
+    path = tmp / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def _binary(tmp: Path) -> Path:
+    path = tmp / "best.yaml"
+    path.write_bytes(bytes(range(256)) * 8)  # e.g. a checkpoint passed as --config by mistake
+    return path
+
+
+def _a_checkpoint(root: Path, tmp: Path) -> Path:
+    """A croptune checkpoint of a test_resnet run on this data (epoch 1 of 2), saved where it would be."""
+    from trainable.checkpoint import FORMAT, SEED_KEYS, save_checkpoint
+    from trainable.config import TrainConfig, scale_schedule
+    from trainable.models import build_model
+
+    cfg = TrainConfig(**{k: str(v) for k, v in layout_paths(root).items()}, backbone="test_resnet",
+                      pretrained=False, image_size=32, progressive_image_size=32, save_dir=str(tmp / "earlier"))
+    cfg = TrainConfig.from_dict(scale_schedule(cfg.to_dict(), cfg.epochs, 2)).validate()
+    model = build_model(cfg)
+    state = {key: 0.0 for key in SEED_KEYS}
+    state.update(format=FORMAT, epoch=1, model_state_dict=model.state_dict(), optimizer_state_dict={},
+                 config=cfg.to_dict())
+    return save_checkpoint(state, tmp / "earlier" / "last.pth")
+
+
 # a data error found while decoding, and the model check reaching for weights offline
 OWN_PROCESS = {"corrupt image", "pretrained weights unavailable offline"}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, dataset, tmp_path, monkeypatch, cli_in_process):
+    if case == "--device cuda without CUDA" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
     root = copy_dataset(dataset, tmp_path / "data")
     make, words = CASES[case]
     extra = make(root, tmp_path) or []

@@ -96,3 +96,18 @@ def test_a_diverged_run_is_one_line_exit_1_and_keeps_its_checkpoints(dataset, tm
     assert lines[0].endswith(f"the checkpoints up to epoch 1 stay in {save}")
     assert "Traceback" not in err
     assert load_checkpoint(save / "last.pth")["epoch"] == 1
+
+
+def test_resume_refuses_a_model_of_another_shape_even_without_its_config():
+    from trainable.checkpoint import check_resume_compatible
+    from trainable.config import TrainConfig
+    from trainable.errors import UserError
+    from trainable.models import build_model
+
+    saved = TrainConfig(backbone="test_resnet", pretrained=False, model_type="multitask")
+    state = {"config": {}, "model_state_dict": build_model(saved).state_dict()}  # e.g. a checkpoint's config lost
+    cfg = saved.replace(model_type="baseline")
+    with pytest.raises(UserError, match=r"^--resume a.pth: the checkpoint's model does not match this "
+                                        r"configuration \(\d+ parameter\(s\) differ, e\.g\. "):
+        check_resume_compatible(state, cfg, "a.pth", build_model(cfg))
+    check_resume_compatible(state, saved, "a.pth", build_model(saved))  # the same shapes: accepted
