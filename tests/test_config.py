@@ -2,7 +2,7 @@ import argparse
 
 import pytest
 
-from trainable.cli_config import add_config_arguments, resolve_config
+from trainable.cli_config import DEMO_BACKBONE, add_config_arguments, resolve_config
 from trainable.config import SCHEDULE_FIELDS, TrainConfig, scale_schedule
 from trainable.errors import UserError
 
@@ -114,12 +114,26 @@ def test_demo_recipe_on_given_data_does_not_generate_the_demo_dataset(tmp_path, 
 
 def test_demo_recipe_is_cpu_sized():
     cfg = parse("--demo")
-    assert cfg.demo and not cfg.pretrained and cfg.epochs == 12 and cfg.image_size == 48
-    # from scratch: partial unfreezing at once, everything trains from the second epoch
-    assert (cfg.stage2_epoch, cfg.stage3_epoch, cfg.warmup_epochs) == (0, 1, 0)
+    assert cfg.demo and cfg.pretrained and cfg.epochs == 12 and cfg.image_size == 48
+    assert cfg.pretrained_path == str(DEMO_BACKBONE)  # the offline backbone, through the user's flag
+    # the seed's staging scaled from 50 to 12 epochs: warmup, head only, partial, full
+    assert (cfg.warmup_epochs, cfg.stage2_epoch, cfg.stage3_epoch) == (1, 2, 5)
+    assert (cfg.disable_sampler_epoch, cfg.tail_focal_epoch, cfg.lr_restart_epoch) == (4, 4, 6)
+    assert (cfg.progressive_resize_epoch, cfg.final_clean_epoch) == (7, 10)
     assert cfg.balance_sampler and not cfg.use_class_weights  # one way of balancing, not two
-    # the other switch-points keep the seed's shape, scaled from 50 to 12 epochs
-    assert cfg.lr_restart_epoch == 6 and cfg.final_clean_epoch == 10
+
+
+def test_demo_without_pretrained_is_the_from_scratch_recipe(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    flags = [f"--{k.replace('_', '-')}={tmp_path / k}" for k in ("train_dir", "val_dir", "train_meta", "val_meta",
+                                                                 "class_weights")]
+    cfg = resolve_config(parser.parse_args(["--demo", "--no-pretrained", *flags]))
+    # no features to protect: partial unfreezing at once, everything trains from the second epoch
+    assert not cfg.pretrained and (cfg.stage2_epoch, cfg.stage3_epoch, cfg.warmup_epochs) == (0, 1, 0)
+    assert cfg.lr_restart_epoch == 6  # the rest keeps the seed's shape
+    kept = resolve_config(parser.parse_args(["--demo", "--no-pretrained", "--warmup-epochs", "2", *flags]))
+    assert (kept.stage2_epoch, kept.warmup_epochs) == (0, 2)  # a flag given still wins
 
 
 @pytest.mark.parametrize("argv, message", [
