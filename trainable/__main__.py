@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -81,12 +82,11 @@ def prepare(argv: list[str] | None):
     if state is not None and state["epoch"] >= cfg.epochs:
         raise UserError(f"--resume {ns.resume}: the checkpoint already finished epoch {state['epoch']} of "
                         f"--epochs {cfg.epochs}; raise --epochs to train further")
-    if state is not None:
+    if state is not None:  # the fields first: it names the flag, before a model build can fail on it
         check_resume_compatible(state, cfg, ns.resume)
     select_device(cfg.device)  # --device cuda without CUDA: one line before the save dir exists
-    overwrite = getattr(ns, "overwrite", False)
-    save_dir, moved = choose_save_dir(cfg.save_dir, explicit="save_dir" in vars(ns), overwrite=overwrite,
-                                      resume=getattr(ns, "resume", None))
+    save_dir, moved, clear = choose_save_dir(cfg.save_dir, explicit="save_dir" in vars(ns),
+                                             overwrite=getattr(ns, "overwrite", False), resume=getattr(ns, "resume", None))
     cfg = cfg.replace(save_dir=save_dir)
     check_writable(Path(cfg.save_dir))
     model = check_model(cfg)
@@ -100,8 +100,8 @@ def prepare(argv: list[str] | None):
     data = load_data(cfg, progress=True)
     if moved:
         print(moved)
-    if overwrite and not (state is not None and Path(ns.resume).resolve().parent == Path(save_dir).resolve()):
-        clear_run_files(Path(save_dir))  # every check passed: only now remove the earlier run's files
+    if clear:
+        clear_run_files(Path(save_dir))  # --overwrite, and every check passed: only now remove the earlier run
     return cfg, data, state
 
 
@@ -142,8 +142,9 @@ def train(cfg, data, state=None, on_epoch=None) -> dict:
     except KeyboardInterrupt:
         if last is not None:
             save_checkpoint(last.state, save_dir / "interrupted.pth")
+            again = shlex.join(["python", "-m", "trainable", "--resume", str(save_dir / "interrupted.pth")])
             print(f"\ninterrupted: saved {save_dir / 'interrupted.pth'} (epoch {last.epoch}); continue with "
-                  f"python -m trainable --resume {save_dir / 'interrupted.pth'}", file=sys.stderr)
+                  f"{again}", file=sys.stderr)  # quoted: pasted as printed, a path with a space still works
         raise
     finally:
         writer.close()

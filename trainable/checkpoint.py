@@ -90,19 +90,20 @@ def run_files(directory: Path) -> list[Path]:
     return sorted(p for pattern in RUN_FILES for p in directory.glob(pattern))
 
 
-def choose_save_dir(save_dir: str, *, explicit: bool, overwrite: bool, resume: str | None) -> tuple[str, str | None]:
-    """Where this run writes, and a note when that is not `save_dir`; writes nothing.
+def choose_save_dir(save_dir: str, *, explicit: bool, overwrite: bool,
+                    resume: str | None) -> tuple[str, str | None, bool]:
+    """(where this run writes, a note when that is not `save_dir`, whether to clear it first); writes nothing.
 
     A run never mixes its files with another's: resuming from a checkpoint inside the directory
-    continues there; --overwrite reuses it; a --save-dir the user typed that holds a run is
-    refused; the default (or a --config's) save dir moves on to `<dir>-2`, `-3`, ...
+    continues there; --overwrite reuses it, cleared; a --save-dir the user typed that holds a run
+    is refused; the default (or a --config's) save dir moves on to `<dir>-2`, `-3`, ...
     """
     directory = Path(save_dir)
     found = run_files(directory)
-    if not found or overwrite:
-        return save_dir, None
     if resume and Path(resume).resolve().parent == directory.resolve():
-        return save_dir, None
+        return save_dir, None, False
+    if not found or overwrite:
+        return save_dir, None, bool(found)
     if explicit:
         raise UserError(f"--save-dir {save_dir} already holds a run ({found[0].name}); pass --overwrite to replace "
                         f"it, --resume {directory / 'last.pth'} to continue it, or choose another --save-dir")
@@ -110,7 +111,7 @@ def choose_save_dir(save_dir: str, *, explicit: bool, overwrite: bool, resume: s
     while run_files(Path(f"{save_dir}-{n}")):
         n += 1
     chosen = f"{save_dir}-{n}"
-    return chosen, f"note: {save_dir} holds an earlier run; this run writes to {chosen} (--save-dir to choose)"
+    return chosen, f"note: {save_dir} holds an earlier run; this run writes to {chosen} (--save-dir to choose)", False
 
 
 def clear_run_files(directory: Path) -> None:
