@@ -80,13 +80,13 @@ def test_seed_defaults_reproduce_the_base(name, epochs):
 @pytest.mark.parametrize("name", BUILTIN)
 def test_seed_defaults_reproduce_the_demo_recipe(name):
     """`run_search.py --demo`: its first trial is exactly `python -m trainable --demo`
-    (stage 2 at epoch 0, stage 3 at 1, smoothing decays after stage 3)."""
+    (the seed's staging scaled to 12 epochs: stage 2 at epoch 2, stage 3 at 5)."""
     from trainable.cli_config import DEMO_RECIPE
 
     base = seed_base(50)
     base = TrainConfig.from_dict({**scale_schedule(base.to_dict(), SEED_EPOCHS, DEMO_RECIPE["epochs"]),
                                   **DEMO_RECIPE}).validate()
-    assert (base.stage2_epoch, base.stage3_epoch, base.smoothing_decay_epoch1) == (0, 1, 3)
+    assert (base.stage2_epoch, base.stage3_epoch, base.smoothing_decay_epoch1) == (2, 5, 3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         params = search_spaces.seed_defaults(base, name)
