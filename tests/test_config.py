@@ -134,6 +134,8 @@ def test_demo_without_pretrained_is_the_from_scratch_recipe(tmp_path):
     assert cfg.lr_restart_epoch == 6  # the rest keeps the seed's shape
     kept = resolve_config(parser.parse_args(["--demo", "--no-pretrained", "--warmup-epochs", "2", *flags]))
     assert (kept.stage2_epoch, kept.warmup_epochs) == (0, 2)  # a flag given still wins
+    later = resolve_config(parser.parse_args(["--demo", "--no-pretrained", "--stage2-epoch", "3", *flags]))
+    assert (later.stage2_epoch, later.stage3_epoch) == (3, 5)  # not stage 3 pinned before the given stage 2
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -144,7 +144,10 @@ def _with_demo_paths(values: dict, explicit: dict) -> dict:
     from trainable.demo_data import PATH_FIELDS, ensure_demo_dataset, layout_paths
 
     if explicit.get("pretrained") is False:
-        values = {**values, **{k: v for k, v in DEMO_SCRATCH.items() if k not in explicit}}
+        scratch = {k: v for k, v in DEMO_SCRATCH.items() if k not in explicit}
+        if "stage2_epoch" in explicit:  # a stage 2 given keeps the recipe's stage 3 after it
+            scratch.pop("stage3_epoch", None)
+        values = {**values, **scratch}
     elif values["pretrained"] and values["pretrained_path"] == str(DEMO_BACKBONE) and not DEMO_BACKBONE.is_file():
         raise UserError(f"the demo backbone {DEMO_BACKBONE} is missing: rebuild it with "
                         f"`python -m trainable.demo_pretrain`, or pass --no-pretrained")
