@@ -54,12 +54,12 @@ def test_two_processes_creating_one_new_store_at_once_both_succeed(tmp_path):
     assert [out.strip() for out, _ in results] == ["1", "1"]  # one experiment, the same for both
     client = tracking.client_for(uri)
     assert sorted(e.name for e in client.search_experiments()) == ["Default", "croptune"]
-    assert (tmp_path / "mlflow.db.lock").is_file()  # the lock file stays (see store_lock)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["go", "mlflow.db", "ready0", "ready1"]  # no lock file
 
 
 def test_store_lock_times_out_with_one_line(tmp_path):
     db = tmp_path / "mlflow.db"
-    with tracking.store_lock(db), pytest.raises(UserError, match="another process has held .*mlflow.db.lock"):
+    with tracking.store_lock(db), pytest.raises(UserError, match="another process has been creating or opening"):
         # flock locks belong to the open file: a second open in this process waits like another process
         with tracking.store_lock(db, timeout=0.3):
             pass
@@ -204,3 +204,26 @@ def test_printed_commands_paste_back_with_spaces_in_paths(tmp_path, capsys):
                         "--out", str(out)]) == 0
     printed = capsys.readouterr().out.split("retrain with: ")[1].strip()
     assert shlex.split(printed) == ["python", "run_search.py", "retrain", "--config", str(out)]
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--mlflow-uri", "sqlite:///{store}", "--mlflow-experiment", "gone"], "is deleted in sqlite:///"),
+    (["--mlflow-experiment", ""], "--mlflow-experiment is empty"),
+])
+def test_retrain_refuses_the_same_tracking_input_before_training(flags, words, deleted_store, tmp_path,
+                                                                   monkeypatch, cli_in_process):
+    from trainable.config import TrainConfig
+    from tuner import retrain
+
+    config = tmp_path / "best.yaml"
+    export.write_config(config, TrainConfig(demo=True).validate(), header=["test"])
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    argv = ["--config", str(config), "--save-dir", str(cwd / "run"), *[f.format(store=deleted_store) for f in flags]]
+    code, stdout, stderr = cli_in_process(retrain.main, argv)
+    assert code == 2, (stdout[-2000:], stderr[-2000:])
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], stderr
+    assert not any(cwd.iterdir())

@@ -70,15 +70,19 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     ns = build_parser().parse_args(argv)  # every flag checked (and --help) before anything runs
     ours, rest = tracking_parser().parse_known_args(argv)
-    uri = None
+    uri = experiment = None
     if not getattr(ours, "no_mlflow", False):
-        uri = tracking.resolve_tracking_uri(getattr(ours, "mlflow_uri", None))
-        tracking.preflight(uri)
+        from tuner.tracking_hooks import MlflowSearchHooks
+
+        # the search's checks: blank flags, a bad $MLFLOW_TRACKING_URI named, a deleted experiment
+        check = MlflowSearchHooks(getattr(ours, "mlflow_uri", None), getattr(ours, "mlflow_experiment", "croptune"))
+        check.validate(None)
+        uri, experiment = check.uri, check.experiment
     origin = search_origin(getattr(ns, "config_file", None))
     cfg, data, state = prepare(rest)  # UserError for bad config / data / save dir; writes nothing
     if uri is None:
         return _report(train(cfg, data, state), cfg)
-    run = RetrainRun(uri, getattr(ours, "mlflow_experiment", None) or "croptune")
+    run = RetrainRun(uri, experiment)
     run.start(cfg, origin, getattr(ns, "config_file", None))
     try:
         metrics = train(cfg, data, state, on_epoch=run.log_epoch)

@@ -189,29 +189,31 @@ def client_for(uri: str):
 
 @contextlib.contextmanager
 def store_lock(db_path: Path, timeout: float = STORE_LOCK_TIMEOUT):
-    """flock on `<db>.lock` beside the database: MLflow's schema migration is not safe to run
-    from two processes at once ("index ... already exists"). The lock file stays: unlinking a
-    lock file others may be waiting on would let two holders in."""
-    lock_path = db_path.with_name(db_path.name + ".lock")
+    """An exclusive flock on the database's directory: MLflow's schema migration is not safe to
+    run from two processes at once ("index ... already exists"). The directory, not a lock file:
+    nothing is left beside the store; not the database file: closing another descriptor of it
+    would drop SQLite's own (POSIX) locks held by this process."""
     try:
-        handle = open(lock_path, "a")  # noqa: SIM115 (closed below, after the unlock)
-    except OSError:  # e.g. a read-only directory holding a writable existing store: no creation race
+        fd = os.open(db_path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # preflight checked the directory; a store it cannot lock is opened as before
         yield
         return
     try:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise UserError(f"MLflow store {db_path}: another process has held {lock_path} for "
-                                    f"over {timeout:.0f} s; stop it or remove the lock file") from None
+                    raise UserError(f"MLflow store {db_path}: another process has been creating or "
+                                    f"opening it for over {timeout:.0f} s; stop it and retry") from None
                 time.sleep(0.1)
+            except OSError:  # a file system without flock (some network mounts): no lock, as before
+                break
         yield
     finally:
-        handle.close()  # releases the flock
+        os.close(fd)  # releases the flock
 
 
 def artifact_root(uri: str) -> Path | None:
