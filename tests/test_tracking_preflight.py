@@ -154,7 +154,7 @@ def test_env_uri_named_only_when_it_is_the_one_in_use(tmp_path, monkeypatch):
     (["--port", "99999"], "--port 99999: must be a TCP port, 1..65535"),
     (["--port", "-1"], "--port -1: must be a TCP port"),
     (["--port", "0"], "--port 0: must be a TCP port"),
-    (["--start-timeout", "0"], "--start-timeout 0.0: must be a positive number"),
+    (["--start-timeout", "0"], "--start-timeout 0: must be a positive number"),
     (["--start-timeout", "nan"], "--start-timeout nan: must be a positive number"),
     (["--mlflow-experiment", ""], "--mlflow-experiment is empty"),
     (["--mlflow-uri", ""], "--mlflow-uri is empty"),

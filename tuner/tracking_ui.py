@@ -81,7 +81,7 @@ def check_arguments(args) -> None:
     if not 1 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: must be a TCP port, 1..65535 (default {DEFAULT_PORT})")
     if not args.start_timeout > 0 or args.start_timeout == float("inf"):  # NaN fails the first test
-        raise UserError(f"--start-timeout {args.start_timeout}: must be a positive number of seconds "
+        raise UserError(f"--start-timeout {args.start_timeout:g}: must be a positive number of seconds "
                         f"(default 180)")
     if args.mlflow_uri is not None and not args.mlflow_uri.strip():
         raise UserError("--mlflow-uri is empty: give sqlite:///path/to/mlflow.db or http://host:port "
