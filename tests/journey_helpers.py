@@ -66,13 +66,18 @@ def user_folder(dataset: Path, folder: Path) -> Path:
     return folder
 
 
-def user_env(cache: Path) -> dict:
+def user_env(cache: Path | None = None, home: Path | None = None) -> dict:
     """The environment of a user's shell: `python` is this interpreter, no tracking URI set,
-    offline (no weights download), croptune's cache where the test says."""
-    env = subprocess_env(CROPTUNE_CACHE_DIR=cache)
+    offline (no weights download), croptune's cache in `cache`, or (cache None) at its default
+    place, ~/.cache/croptune, with HOME=`home`."""
+    env = subprocess_env()
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "CROPTUNE_TEST_FAULT_DIR"):
+    for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "CROPTUNE_TEST_FAULT_DIR", "CROPTUNE_CACHE_DIR"):
         env.pop(key, None)
+    if cache is not None:
+        env["CROPTUNE_CACHE_DIR"] = str(cache)
+    if home is not None:
+        env["HOME"] = str(home)
     return env
 
 

@@ -1,7 +1,8 @@
 """A user's journeys through the README's commands: real processes in a real folder, a small
 real image dataset in the seed layout (not --demo), DEFAULT flags except what keeps a run
 small (journey_helpers.SMALL, --epochs, --num-samples): --num-workers 4, batch 32, warmup 5,
-the default data paths, save dir, storage path, experiment names and MLflow store.
+the default data paths, save dir, storage path, experiment names and MLflow store (and, in
+journeys 1-2, the default cache place ~/.cache/croptune under a HOME of the test's own).
 
 1. train twice in a row (the second on a warm image cache), then --resume the first run's
    last.pth to more epochs          test_train_twice_then_resume_the_first_run
@@ -73,8 +74,8 @@ def cache_files(cache: Path) -> dict[str, tuple[int, int]]:
 def trained(dataset, tmp_path_factory) -> dict:
     """Journey 1 in a user's folder: the same command twice, then --resume of the first run."""
     folder = user_folder(dataset, tmp_path_factory.mktemp("train-journey") / "user")
-    cache = folder.parent / "cache"
-    env = user_env(cache)
+    home = folder.parent / "home"  # no $CROPTUNE_CACHE_DIR: the cache at its default place
+    cache, env = home / ".cache" / "croptune", user_env(home=home)
     first = train(folder, env, *SMALL, "--epochs", "2")
     assert_ok(first, "first `python -m trainable`")
     first_dir = save_dir_of(first.stdout, folder)
