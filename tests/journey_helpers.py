@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -130,7 +129,3 @@ def run_together(argvs: list[list[str]], folder: Path, env: dict, timeout: float
     started = [start(argv, folder, env, f"together{i}") for i, argv in enumerate(argvs)]
     codes = [finish(process, timeout) for process, _, _ in started]
     return [(code, out.read_text(), err.read_text()) for code, (_, out, err) in zip(codes, started, strict=True)]
-
-
-def quoted(path: Path) -> str:
-    return shlex.quote(str(path))
