@@ -79,6 +79,7 @@ class _Run:
             "scheduler_state_dict": self.scheduler.state_dict(),
             "scaler_state_dict": self.scaler.state_dict(),
             "ema_state_dict": self.ema.state_dict() if self.ema else None,
+            "ema_updates": self.ema.updates if self.ema else None,
             "rng_state": rng,
             "cosine_active": bool(getattr(self.model, "cosine_active", False)),
             "tail_classes": [int(c) for c in self.tails],
@@ -99,7 +100,7 @@ class _Run:
         self.scheduler.load_state_dict(state["scheduler_state_dict"])
         self.scaler.load_state_dict(state["scaler_state_dict"])
         if self.ema is not None and state.get("ema_state_dict") is not None:
-            self.ema.load_state_dict(state["ema_state_dict"])
+            self.ema.load_state_dict(state["ema_state_dict"], state.get("ema_updates"))
         rng = state["rng_state"]
         torch.set_rng_state(rng["torch"])
         self.generator.set_state(rng["generator"])
@@ -186,8 +187,7 @@ class _Run:
 
     # ------------------------------------------------------------------ validate
     @torch.no_grad()
-    def validate(self, p: EpochPlan) -> tuple[dict, np.ndarray]:
-        model = self.ema.module if self.ema is not None else self.model
+    def validate(self, p: EpochPlan, model: torch.nn.Module) -> tuple[dict, np.ndarray]:
         model.eval()
         split, device = self.data.val, self.device
         total_loss, predictions = 0.0, []
@@ -247,7 +247,11 @@ def fit(cfg: TrainConfig, data: DataBundle, state: dict | None = None, device: s
         p = plan(cfg, epoch)
         lr = run.apply(p)
         train = run.train_epoch(p, progress)
-        val, predicted = run.validate(p)
+        # With EMA, the shadow is what is validated, ranked and exported; the raw weights' scores ride along.
+        val, predicted = run.validate(p, run.ema.module if run.ema is not None else run.model)
+        if run.ema is not None:
+            raw, _ = run.validate(p, run.model)
+            val.update({f"{key}_raw": value for key, value in raw.items()})
         is_best = val["val_acc"] > run.best["best_val_acc"]
         if is_best:
             run.best = {"best_val_acc": val["val_acc"], "best_macro_f1": val["macro_f1"], "best_epoch": epoch + 1}
