@@ -56,10 +56,12 @@ def write_config(cfg, path: Path) -> None:
 
 
 def format_epoch(cfg, metrics: dict) -> str:
+    # With --use-ema the [Val] scores are the EMA shadow's; the raw weights' accuracy stands beside them.
+    raw = f" (EMA; raw {metrics['val_acc_raw']:.2f}%)" if "val_acc_raw" in metrics else ""
     return (f"Epoch {metrics['epoch']}/{cfg.epochs} | Train Loss {metrics['train_loss']:.4f} | "
             f"Train Acc {metrics['train_acc']:.2f}% | LR {metrics['lr']:.6f} | "
             f"stage {metrics['stage']} | {metrics['image_size']}px\n"
-            f"  [Val] Epoch {metrics['epoch']} | Loss {metrics['val_loss']:.4f} | Acc {metrics['val_acc']:.2f}% | "
+            f"  [Val] Epoch {metrics['epoch']} | Loss {metrics['val_loss']:.4f} | Acc {metrics['val_acc']:.2f}%{raw} | "
             f"TailAcc {metrics['tail_acc']:.2f}% | MacroF1 {metrics['macro_f1']:.3f}")
 
 
