@@ -62,7 +62,9 @@ def test_verify_writes_verify_json_and_nests_its_runs_under_the_search(searched,
         assert result[group]["config"]["epochs"] == 1
     first = list(searched["experiment"].glob(f"train_trial_{result['baseline_trial_id']}_1_*"))
     assert len(first) == 1  # trial 0: the first trial Tune created (the enqueued seed point)
-    assert "within seed noise" in out or "beyond seed noise" in out
+    verdict = "beyond seed noise" if result["comparison"]["macro_f1"]["beyond_noise"] else "within seed noise"
+    assert f"{verdict}" in [line for line in out.splitlines() if line.strip().startswith("macro_f1")][0]
+    assert result["threads"] == verify.trial_threads(searched["experiment"])
 
     client = MlflowClient(searched["uri"])
     experiment = client.get_experiment_by_name("verify-test")
@@ -83,6 +85,22 @@ def test_verify_writes_verify_json_and_nests_its_runs_under_the_search(searched,
                                                 "--out", str(searched["base"] / "best.yaml")])
     assert code == 0
     assert "verified on 2 seeds against the seed recipe" in out
+
+
+def test_verify_runs_at_the_trials_thread_count(tmp_path):
+    (tmp_path / "croptune_search.json").write_text(json.dumps({"resources": {"per_trial": {"cpu": 4.0, "gpu": 0}}}))
+    assert verify.trial_threads(tmp_path) == 4
+    (tmp_path / "croptune_search.json").write_text("{}")
+    assert verify.trial_threads(tmp_path) == 1
+
+
+def test_verify_refuses_blank_tracking_flags_before_training(searched, cli_in_process):
+    before = sorted(p.name for p in searched["experiment"].iterdir())
+    code, out, err = cli_in_process(verify.main, ["--experiment", str(searched["experiment"]),
+                                                  "--mlflow-experiment", ""])
+    assert code == 2 and err.startswith("error: --mlflow-experiment is empty")
+    assert "seed" not in out  # nothing trained
+    assert sorted(p.name for p in searched["experiment"].iterdir()) == before
 
 
 def test_verify_needs_two_seeds(searched, cli_in_process):

@@ -76,12 +76,12 @@ def trial_records(trials, base: TrainConfig, metric: str) -> list[TrialRecord]:
             epochs_done=int(last.get("epoch", 0) or 0), epochs_planned=planned,
             value=float(value) if value is not None else None,
             error=_error_line(trial) if trial.status == "ERROR" else None,
-            scores=_epoch_scores(trial, metric), number=_trial_number(trial, index),
+            scores=_epoch_scores(trial, metric), number=trial_number(trial, index),
         ))
     return records
 
 
-def _trial_number(trial, index: int) -> int:
+def trial_number(trial, index: int) -> int:
     """0-based creation order: Tune's experiment tag starts with its 1-based trial counter."""
     head = str(getattr(trial, "experiment_tag", "") or "").split("_", 1)[0]
     return int(head) - 1 if head.isdigit() else index

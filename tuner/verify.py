@@ -70,9 +70,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{' (= the seed recipe: trained once per seed)' if same else ''}, seeds {seeds}, {threads} torch "
           f"thread(s) per run ({len(runs)} trainings of {winner.epochs} epochs)", flush=True)
     scores: dict = {group: {key: [] for key in METRICS} for group in GROUPS}
+    from trainable.data import load_data
+
+    data = {group: load_data(cfg, progress=False) for group, cfg in (("winner", winner), ("baseline", baseline))
+            if group in groups}  # the data does not depend on the seed: loaded once per config
     started = time.time()
     for index, (group, cfg) in enumerate(runs, 1):
-        metrics = train_one(cfg, threads, tracker, group)
+        metrics = train_one(cfg, data[group], threads, tracker, group)
         for key in METRICS:
             scores[group][key].append(float(metrics[key]))
         print(f"  [{index}/{len(runs)}] {group:8s} seed {cfg.seed}: macro-F1 {metrics['macro_f1']:.4f} | "
@@ -114,14 +118,10 @@ def baseline_trial(experiment_dir: Path) -> tuple[str, TrainConfig]:
         raise UserError(f"{experiment_dir}: cannot read the Tune experiment ({exc})") from None
     if not trials:
         raise UserError(f"{experiment_dir}: the search has no trials")
-    first = min(trials, key=_creation_order)
+    from tuner.summary import trial_number
+
+    first = min(trials, key=lambda trial: trial_number(trial, 1 << 30))
     return first.trial_id, base.replace(**overrides_from_config(first.config or {})).validate()
-
-
-def _creation_order(trial) -> int:
-    """Tune's experiment_tag starts with its creation counter (1 for the first trial)."""
-    head = str(getattr(trial, "experiment_tag", "") or "").split("_", 1)[0]
-    return int(head) if head.isdigit() else 1 << 30
 
 
 def trial_threads(experiment_dir: Path) -> int:
@@ -130,24 +130,23 @@ def trial_threads(experiment_dir: Path) -> int:
 
     try:
         meta = json.loads((experiment_dir / META_FILE).read_text())
-        cpus = float(meta["resources"]["per_trial"].get("CPU", 1))
+        per_trial = meta["resources"]["per_trial"]  # tuner.resources' {"cpu", "gpu"}
+        cpus = float(per_trial.get("cpu", 1))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return 1
     return max(1, math.floor(cpus))
 
 
-def train_one(cfg: TrainConfig, threads: int, tracker, group: str) -> dict:
+def train_one(cfg: TrainConfig, data, threads: int, tracker, group: str) -> dict:
     """Train cfg to its last epoch (no checkpoints written); the final epoch's metrics."""
     import torch
 
-    from trainable.data import load_data
     from trainable.loop import fit
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     run = tracker.start(group, cfg)
     try:
-        data = load_data(cfg, progress=False)
         last = None
         for result in fit(cfg, data, progress=False):
             last = result.metrics
@@ -225,11 +224,12 @@ class VerifyTracker:
     def from_namespace(cls, ns, search: str) -> VerifyTracker:
         if getattr(ns, "no_mlflow", False):
             return cls(None, "", search)
-        from tuner import tracking
+        from tuner.tracking_hooks import MlflowSearchHooks
 
-        uri = tracking.resolve_tracking_uri(getattr(ns, "mlflow_uri", None))
-        tracking.preflight(uri)
-        return cls(uri, getattr(ns, "mlflow_experiment", None) or "croptune", search)
+        # the search's checks: blank flags, a bad $MLFLOW_TRACKING_URI named, a deleted experiment
+        check = MlflowSearchHooks(getattr(ns, "mlflow_uri", None), getattr(ns, "mlflow_experiment", "croptune"))
+        check.validate(None)
+        return cls(check.uri, check.experiment, search)
 
     def start(self, group: str, cfg: TrainConfig):
         if self.client is None:
