@@ -146,7 +146,8 @@ def test_val_csv_identical_to_train_csv_is_one_warning(tmp_path, capsys, how):
         Path(cfg.val_meta).write_bytes(Path(cfg.train_meta).read_bytes())
         cfg = cfg.replace(val_dir=cfg.train_dir)
     load_data(cfg, progress=False)
-    assert _warnings(capsys) == [f"warning: --val-meta {cfg.val_meta} is identical to --train-meta {cfg.train_meta}: "
+    what = "is identical to" if how == "same file" else "lists the same images and labels as"
+    assert _warnings(capsys) == [f"warning: --val-meta {cfg.val_meta} {what} --train-meta {cfg.train_meta}: "
                                  f"validation then measures memorisation, not generalisation; give a held-out "
                                  f"validation split"]
 

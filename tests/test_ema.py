@@ -149,11 +149,11 @@ def test_short_run_ema_validates_about_as_well_as_the_raw_weights(tmp_path):
     metrics = [r.metrics for r in results]
     last = metrics[-1]
     assert last["val_acc_raw"] >= 50.0, metrics  # the raw weights learnt: the comparison means something
-    assert abs(last["val_acc"] - last["val_acc_raw"]) <= 5.0, [(m["val_acc"], m["val_acc_raw"]) for m in metrics]
+    assert abs(last["val_acc"] - last["val_acc_raw"]) <= 10.0, [(m["val_acc"], m["val_acc_raw"]) for m in metrics]
     # best_custom.pth follows the EMA's val acc, which is no longer stuck at the first epoch's
     best = max(metrics, key=lambda m: m["val_acc"])
     assert results[-1].state["best_epoch"] == best["epoch"] > 1
-    assert best["val_acc"] >= max(m["val_acc_raw"] for m in metrics) - 5.0
+    assert best["val_acc"] >= max(m["val_acc_raw"] for m in metrics) - 10.0
     assert results[-1].state["ema_updates"] == 8 * (6 * 12 // 8)  # one update per optimizer step
     line = format_epoch(cfg, last)
     assert f"Acc {last['val_acc']:.2f}% (EMA; raw {last['val_acc_raw']:.2f}%)" in line

@@ -71,7 +71,7 @@ def test_search_flags_and_durations():
     (["--name", "a/b"], "--name a/b"),
     (["--address", "not an address"], "--address"),
     (["--cpus-per-trial", "0"], "--cpus-per-trial 0"),
-    (["--cpus-per-trial", "100"], "--cpus-per-trial 100: this machine has only"),  # before Ray starts
+    (["--cpus-per-trial", "100000"], "--cpus-per-trial 100000: this machine has only"),  # before Ray starts
     (["--name", ""], "--name '': the name is empty"),
     (["--resume", " "], "--resume '': the name is empty"),
 ])

@@ -193,8 +193,8 @@ def data_warnings(train: SplitIndex, val: SplitIndex) -> list[str]:
     """Legal but suspicious data, one line each: duplicated rows, val classes never trained on,
     a val split that is the train split."""
     lines = [w for w in (_duplicate_warning(train), _duplicate_warning(val)) if w]
-    same_csv = Path(train.csv_path).resolve() == Path(val.csv_path).resolve() or (
-        Path(train.csv_path).read_bytes() == Path(val.csv_path).read_bytes())
+    # the same CSV file; a copy under another split dir lists other images (caught below if not)
+    same_csv = Path(train.csv_path).resolve() == Path(val.csv_path).resolve()
     if same_csv or (train.files == val.files and np.array_equal(train.labels, val.labels)):
         what = "is identical to" if same_csv else "lists the same images and labels as"
         lines.append(f"--val-meta {val.csv_path} {what} --train-meta {train.csv_path}: validation then "

@@ -27,6 +27,8 @@ def probe_address(address: str, timeout_s: float = ADDRESS_PROBE_TIMEOUT_S) -> N
             target = canonicalize_bootstrap_address("auto")
         except Exception:  # noqa: BLE001 - nothing recorded: ray.init says so at once
             return
+        if target is None:  # RAY_ADDRESS=local: nothing to probe
+            return
     host, _, port = target.rpartition(":")
     try:
         with socket.create_connection((host, int(port)), timeout=timeout_s):

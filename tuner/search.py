@@ -116,7 +116,9 @@ def run_search(settings, hooks=None) -> int:
         interrupted = _interrupted(settings, records, started, context.experiment_path)
         outcome = "interrupted" if interrupted else "finished"
     finally:
-        wall = record_session(settings.storage_path, settings.name, time.time() - started, outcome)
+        owns_dir = bool(settings.resume) or claimed is not None  # a lost claim: the dir is another search's
+        wall = (record_session(settings.storage_path, settings.name, time.time() - started, outcome)
+                if owns_dir else time.time() - started)
         try:
             if outcome == "finished":
                 context.summary = build_summary(settings, records, wall)
