@@ -171,3 +171,14 @@ def test_ties_at_the_first_rung_are_counted():
                "b": [{"epoch": 1, "macro_f1": 0.1}], "c": [{"epoch": 1, "macro_f1": 0.2}], "d": []}
     assert fig_search._tied(results, 1, "macro_f1") == 2
     assert fig_search._tied(results, 2, "macro_f1") == 0
+
+
+def test_prefix_ties_fall_as_the_rung_moves_past_the_shared_epochs():
+    from bench.prefix_ties import demo_base, tied_fractions
+
+    base = demo_base(12)
+    stage = tied_fractions("stage_epochs", base, trials=12, seed=0)
+    assert len(stage) == 12 and stage[0] > 0.5  # epoch 0 (warmup, head only) is shared by nearly all
+    assert all(later <= earlier for earlier, later in zip(stage, stage[1:], strict=False))
+    assert stage[-1] < stage[0]
+    assert tied_fractions("augmentation", base, trials=12, seed=0) == [0.0] * 12  # knobs differ from epoch 0
