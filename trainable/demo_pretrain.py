@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from pathlib import Path
 
@@ -160,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.per_class, args.epochs, args.batch_size) < 1 or args.image_size < 16 or not args.lr > 0:
         raise UserError("--per-class, --epochs and --batch-size must be >= 1, --image-size >= 16, --lr > 0")
     out = Path(args.out)
-    if not out.parent.is_dir():
-        raise UserError(f"--out {out}: {out.parent} is not a directory; create it or choose another --out")
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {out.parent} is not a writable directory; create it or choose another --out")
     from safetensors.torch import save_file
 
     started = time.monotonic()
