@@ -127,7 +127,8 @@ def profile(cache: int, out: int, batch: int, threads: int, rounds: int) -> dict
 def main(argv: list[str] | None = None) -> int:
     import os
 
-    parser = argparse.ArgumentParser(prog="python -m bench.micro_augment", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.micro_augment", description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--sizes", default="64,224",

@@ -66,7 +66,7 @@ DEFAULT_OUT = REPO / "bench" / "results.json"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("--only", metavar="IDS", help="comma-separated figure ids, e.g. P1,P2 (default: all; "
                         "G1/G2 run only where CUDA is available)")

@@ -194,3 +194,12 @@ def test_usage_errors_are_one_line(tmp_path):
     _check_failure(done, r"the following arguments are required: --root", tmp_path / "o")
     done = importer_in_process()
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_importer_flags_are_never_abbreviated(tmp_path):
+    from trainable.errors import UserError
+
+    (tmp_path / "tree" / "3").mkdir(parents=True)
+    with pytest.raises(UserError, match="required: --root"):  # --roo is not read as --root
+        main(["folders", "--roo", str(tmp_path / "tree"), "--split", "val", "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()

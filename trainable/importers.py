@@ -153,6 +153,9 @@ def write_split(items: list[tuple[str, Path, int]], out: str, split: str, *, ove
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):  # a typo must not silently pick another flag
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
+
     def error(self, message: str):  # one line through run_cli instead of usage + exit
         raise UserError(f"{message} (see `{self.prog} --help`)")
 
