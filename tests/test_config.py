@@ -107,6 +107,7 @@ def test_demo_recipe_on_given_data_does_not_generate_the_demo_dataset(tmp_path, 
     add_config_arguments(parser)
     flags = [f"--{k.replace('_', '-')}={tmp_path / k}" for k in ("train_dir", "val_dir", "train_meta", "val_meta",
                                                                  "class_weights")]
+    (tmp_path / "class_weights").write_text("label_61,weight\n")  # a typed --class-weights must exist
     cfg = resolve_config(parser.parse_args(["--demo", *flags]))
     assert cfg.demo and cfg.image_size == 48 and cfg.train_meta == str(tmp_path / "train_meta")
     assert list(croptune_cache.iterdir()) == []  # nothing generated: every path was given
@@ -128,6 +129,7 @@ def test_demo_without_pretrained_is_the_from_scratch_recipe(tmp_path):
     add_config_arguments(parser)
     flags = [f"--{k.replace('_', '-')}={tmp_path / k}" for k in ("train_dir", "val_dir", "train_meta", "val_meta",
                                                                  "class_weights")]
+    (tmp_path / "class_weights").write_text("label_61,weight\n")  # a typed --class-weights must exist
     cfg = resolve_config(parser.parse_args(["--demo", "--no-pretrained", *flags]))
     # no features to protect: partial unfreezing at once, everything trains from the second epoch
     assert not cfg.pretrained and (cfg.stage2_epoch, cfg.stage3_epoch, cfg.warmup_epochs) == (0, 1, 0)

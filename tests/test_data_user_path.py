@@ -254,3 +254,15 @@ def test_search_with_an_unusable_cache_dir_stops_before_ray(tmp_path, monkeypatc
                                         f"CROPTUNE_CACHE_DIR to a writable folder (or unset it to use "
                                         f"~/.cache/croptune)"]
     assert list(cwd.iterdir()) == []  # no storage path, no mlflow.db
+
+
+def test_a_typed_class_weights_path_with_the_default_ending_must_exist_too(tmp_path, cli_in_process):
+    from trainable.__main__ import main
+
+    cfg = make_dataset(tmp_path / "d")
+    typed = tmp_path / "elsewhere" / "data" / "cleaned" / "metadata" / "class_weights.csv"  # a wrong root
+    flags = ["--train-dir", cfg.train_dir, "--val-dir", cfg.val_dir, "--train-meta", cfg.train_meta,
+             "--val-meta", cfg.val_meta, "--class-weights", str(typed), "--save-dir", str(tmp_path / "run")]
+    code, _, err = cli_in_process(main, flags)
+    assert code == 2 and err.startswith(f"error: --class-weights {typed} does not exist"), err
+    assert not (tmp_path / "run").exists()

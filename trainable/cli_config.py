@@ -20,6 +20,7 @@ from trainable.config import (
     field_names,
     field_types,
     flag,
+    missing_class_weights,
     scale_schedule,
 )
 from trainable.errors import UserError
@@ -135,6 +136,9 @@ def resolve_config(ns: argparse.Namespace, checkpoint_config: dict | None = None
     values = _layer(values, explicit, keep=keep)
     if demo and prepare_demo:
         values = _with_demo_paths(values, explicit)
+    typed = explicit.get("class_weights")
+    if typed and not Path(typed).exists():  # only the default location may be absent, never a typed one
+        raise missing_class_weights(typed)
     cfg = TrainConfig.from_dict(values, source="flags").validate()
     return cfg
 

@@ -192,6 +192,12 @@ def coerce(name: str, value, source: str = "config"):
         raise UserError(f"{source}: {name}={value!r} is not a valid {kind.__name__}") from None
 
 
+def missing_class_weights(path: str) -> UserError:
+    """A --class-weights file that is not there (only the default location may be absent)."""
+    return UserError(f"--class-weights {path} does not exist: point it at a label_61,weight CSV, or leave the "
+                     f"flag out (or pass --class-weights '') to compute weights from the train counts")
+
+
 def scale_schedule(values: dict, old_epochs: int, new_epochs: int, keep: set[str] = frozenset()) -> dict:
     """Set epochs=new_epochs and scale the schedule epochs not in `keep` from old_epochs to it.
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainable.config import TrainConfig
+from trainable.config import TrainConfig, missing_class_weights
 from trainable.errors import UserError
 from trainable.image_cache import (
     CacheJob,
@@ -100,8 +100,7 @@ def _class_weights(cfg: TrainConfig, counts: np.ndarray) -> tuple[np.ndarray, st
         return read_class_weights(cfg.class_weights, counts), cfg.class_weights
     if _is_default_weights(cfg.class_weights):  # only the seed's default location may be absent
         return compute_class_weights(counts), computed
-    raise UserError(f"--class-weights {cfg.class_weights} does not exist: point it at a label_61,weight CSV, "
-                    f"or leave the flag out (or pass --class-weights '') to compute weights from the train counts")
+    raise missing_class_weights(cfg.class_weights)
 
 
 def _uncached(indexes: list[SplitIndex], size: int) -> list[int]:
