@@ -91,3 +91,22 @@ def local_ray(request):
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def bad_search(monkeypatch, cli_in_process):
+    """run(argv, cwd) -> (exit code, stdout, stderr): run_search.py's search in this process, from
+    cwd, offline, failing at once if the input gets past the checks (Ray would start next)."""
+    import tuner.search  # what run_search.py runs for a search
+
+    def got_past_the_checks(*args, **kwargs):  # fail now, not after a whole search
+        raise AssertionError("bad input reached Ray")
+
+    monkeypatch.setattr(tuner.search, "connect", got_past_the_checks)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def run(argv, cwd):
+        monkeypatch.chdir(cwd)
+        return cli_in_process(tuner.search.main, argv)
+
+    return run

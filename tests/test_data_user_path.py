@@ -231,24 +231,16 @@ def test_train_cli_with_an_unusable_cache_dir_writes_nothing(tmp_path, monkeypat
         assert not save.exists()
 
 
-def test_search_with_an_unusable_cache_dir_stops_before_ray(tmp_path, monkeypatch, cli_in_process):
-    import tuner.search  # what run_search.py runs for a search
-
-    def got_past_the_checks(*args, **kwargs):
-        raise AssertionError("bad input reached Ray")
-
+def test_search_with_an_unusable_cache_dir_stops_before_ray(tmp_path, monkeypatch, bad_search):
     cfg = make_dataset(tmp_path / "d")
     bad = _cache_is_a_file(tmp_path, monkeypatch)
-    monkeypatch.setattr(tuner.search, "connect", got_past_the_checks)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    monkeypatch.chdir(cwd)
     argv = ["--train-dir", cfg.train_dir, "--val-dir", cfg.val_dir, "--train-meta", cfg.train_meta,
             "--val-meta", cfg.val_meta, "--backbone", "test_resnet", "--no-pretrained", "--epochs", "2",
             "--image-size", "16", "--progressive-image-size", "16", "--space", "stage_epochs",
             "--storage-path", str(cwd / "results")]
-    code, out, err = cli_in_process(tuner.search.main, argv)
+    code, out, err = bad_search(argv, cwd)
     assert code == 2, (out, err)
     assert err.strip().splitlines() == [f"error: CROPTUNE_CACHE_DIR={bad}: {bad} is not a directory; set "
                                         f"CROPTUNE_CACHE_DIR to a writable folder (or unset it to use "

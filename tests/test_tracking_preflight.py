@@ -101,24 +101,16 @@ BAD_TRACKING = {  # case: (flags, environment, words of the one error line)
 
 @pytest.mark.parametrize("case", sorted(BAD_TRACKING))
 def test_bad_tracking_input_is_one_line_before_ray_and_writes_nothing(case, dataset, deleted_store, tmp_path,
-                                                                       monkeypatch, cli_in_process):
-    import tuner.search
-
-    def got_past_the_checks(*args, **kwargs):  # fail now, not after a whole search
-        raise AssertionError("bad input reached Ray")
-
+                                                                       monkeypatch, bad_search):
     flags, env, words = BAD_TRACKING[case]
     cwd = tmp_path / "cwd"  # the default store would be cwd/mlflow.db
     cwd.mkdir()
-    monkeypatch.setattr(tuner.search, "connect", got_past_the_checks)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.chdir(cwd)
     argv = tiny_flags(dataset, cwd / "results", "bad") + [f.format(store=deleted_store) for f in flags]
     store_before = _digest(deleted_store.parent)
-    code, stdout, stderr = cli_in_process(tuner.search.main, argv)
+    code, stdout, stderr = bad_search(argv, cwd)
     assert code == 2, (stdout[-2000:], stderr[-2000:])
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], stderr
