@@ -18,6 +18,12 @@ from trainable.errors import UserError
 DEFAULT_WORKERS = TrainConfig().num_workers
 
 
+
+def data_flags(cfg) -> list[str]:
+    """The data flags of a config: what a user types for their own folder."""
+    return ["--train-dir", cfg.train_dir, "--val-dir", cfg.val_dir, "--train-meta", cfg.train_meta,
+            "--val-meta", cfg.val_meta]
+
 def test_default_workers_with_a_warm_cache(tmp_path, croptune_cache):
     # The second run of `python -m trainable` on the same data: every split is cached, nothing to decode.
     assert DEFAULT_WORKERS > 1  # the pool path, as a user's run takes it
@@ -94,8 +100,7 @@ def test_train_cli_names_a_missing_class_weights_file(tmp_path, cli_in_process):
 
     cfg = make_dataset(tmp_path / "d")
     save = tmp_path / "run"
-    argv = ["--train-dir", cfg.train_dir, "--val-dir", cfg.val_dir, "--train-meta", cfg.train_meta,
-            "--val-meta", cfg.val_meta, "--class-weights", str(tmp_path / "nope.csv"), "--backbone", "test_resnet",
+    argv = [*data_flags(cfg), "--class-weights", str(tmp_path / "nope.csv"), "--backbone", "test_resnet",
             "--no-pretrained", "--epochs", "1", "--image-size", "16", "--progressive-image-size", "16",
             "--save-dir", str(save)]
     code, out, err = cli_in_process(main, argv)
@@ -218,11 +223,9 @@ def test_train_cli_with_an_unusable_cache_dir_writes_nothing(tmp_path, monkeypat
     cfg = make_dataset(tmp_path / "d")
     bad = _cache_is_a_file(tmp_path, monkeypatch)
     save = tmp_path / "run"
-    data_flags = ["--train-dir", cfg.train_dir, "--val-dir", cfg.val_dir, "--train-meta", cfg.train_meta,
-                  "--val-meta", cfg.val_meta]
     tiny = ["--backbone", "test_resnet", "--no-pretrained", "--epochs", "1", "--image-size", "16",
             "--progressive-image-size", "16", "--save-dir", str(save)]
-    for argv in (data_flags + tiny, ["--demo", *tiny]):  # the demo data is generated into the cache too
+    for argv in (data_flags(cfg) + tiny, ["--demo", *tiny]):  # the demo data is generated into the cache too
         code, out, err = cli_in_process(main, argv)
         assert code == 2
         assert err.strip().splitlines() == [f"error: CROPTUNE_CACHE_DIR={bad}: {bad} is not a directory; set "
@@ -236,8 +239,7 @@ def test_search_with_an_unusable_cache_dir_stops_before_ray(tmp_path, monkeypatc
     bad = _cache_is_a_file(tmp_path, monkeypatch)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    argv = ["--train-dir", cfg.train_dir, "--val-dir", cfg.val_dir, "--train-meta", cfg.train_meta,
-            "--val-meta", cfg.val_meta, "--backbone", "test_resnet", "--no-pretrained", "--epochs", "2",
+    argv = [*data_flags(cfg), "--backbone", "test_resnet", "--no-pretrained", "--epochs", "2",
             "--image-size", "16", "--progressive-image-size", "16", "--space", "stage_epochs",
             "--storage-path", str(cwd / "results")]
     code, out, err = bad_search(argv, cwd)
@@ -253,8 +255,7 @@ def test_a_typed_class_weights_path_with_the_default_ending_must_exist_too(tmp_p
 
     cfg = make_dataset(tmp_path / "d")
     typed = tmp_path / "elsewhere" / "data" / "cleaned" / "metadata" / "class_weights.csv"  # a wrong root
-    flags = ["--train-dir", cfg.train_dir, "--val-dir", cfg.val_dir, "--train-meta", cfg.train_meta,
-             "--val-meta", cfg.val_meta, "--class-weights", str(typed), "--save-dir", str(tmp_path / "run")]
+    flags = [*data_flags(cfg), "--class-weights", str(typed), "--save-dir", str(tmp_path / "run")]
     code, _, err = cli_in_process(main, flags)
     assert code == 2 and err.startswith(f"error: --class-weights {typed} does not exist"), err
     assert not (tmp_path / "run").exists()
