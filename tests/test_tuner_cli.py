@@ -102,11 +102,14 @@ def test_resume_takes_settings_from_the_experiment(tmp_path):
 
 
 def test_subcommands_dispatch_to_their_modules():
-    for sub in ("export", "ui", "retrain"):
+    for sub in ("export", "ui", "retrain", "verify"):
         proc = subprocess.run([sys.executable, str(REPO / "run_search.py"), sub, "--help"], capture_output=True,
                               text=True, timeout=120)
         assert proc.returncode == 0, (sub, proc.stderr[-2000:])
-        assert "usage:" in proc.stdout
+        assert f"usage: run_search.py {sub}" in proc.stdout, proc.stdout[:300]
+    top = subprocess.run([sys.executable, str(REPO / "run_search.py"), "--help"], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert all(f"run_search.py {sub}" in top for sub in ("export", "ui", "retrain", "verify"))
 
 
 def fake_trial(trial_id, status, epoch, value, config=None, error=None, tmp=None):

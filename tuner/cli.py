@@ -52,6 +52,7 @@ SUBCOMMANDS = {
     "ui": "start the MLflow UI for the tracking store (see `run_search.py ui --help`)",
     "export": "write the best trial's complete TrainConfig to a YAML file",
     "retrain": "train once, in full, from an exported config",
+    "verify": "retrain the winner and the seed recipe on several seeds: does the search pay?",
 }
 
 
