@@ -148,6 +148,17 @@ def _pickle_requirements() -> list[str]:
     return [f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}", f"numpy=={np.__version__}"]
 
 
+def log_epoch_metrics(client, run_id: str, result) -> None:
+    """Every finite numeric metric of one fit() epoch, step = epoch (retrain and verify runs)."""
+    from mlflow.entities import Metric
+
+    now, step = int(time.time() * 1000), int(result.epoch)
+    batch = [Metric(key, float(value), now, step) for key, value in result.metrics.items()
+             if isinstance(value, Number) and not isinstance(value, bool) and math.isfinite(value)]
+    if batch:
+        client.log_batch(run_id, metrics=batch)
+
+
 class RetrainRun:
     """The MLflow run of one retrain, written through MlflowClient (no global MLflow state
     except for log_model, which needs an active run)."""
@@ -207,13 +218,7 @@ class RetrainRun:
         return runs[0].info.run_id if runs else None
 
     def log_epoch(self, result) -> None:
-        from mlflow.entities import Metric
-
-        now, step = int(time.time() * 1000), int(result.epoch)
-        batch = [Metric(key, float(value), now, step) for key, value in result.metrics.items()
-                 if isinstance(value, Number) and not isinstance(value, bool) and math.isfinite(value)]
-        if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+        log_epoch_metrics(self.client, self.run_id, result)
 
     def log_outputs(self, cfg) -> None:
         save_dir = Path(cfg.save_dir)

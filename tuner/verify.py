@@ -245,15 +245,10 @@ class VerifyTracker:
         return run.info.run_id
 
     def log_epoch(self, run_id, result) -> None:
-        if run_id is None:
-            return
-        from mlflow.entities import Metric
+        if run_id is not None:
+            from tuner.retrain import log_epoch_metrics
 
-        now, step = int(time.time() * 1000), int(result.epoch)
-        batch = [Metric(key, float(value), now, step) for key, value in result.metrics.items()
-                 if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)]
-        if batch:
-            self.client.log_batch(run_id, metrics=batch)
+            log_epoch_metrics(self.client, run_id, result)
 
     def end(self, run_id, status: str) -> None:
         if run_id is not None:
