@@ -95,9 +95,7 @@ PROFILES: dict[str, dict] = {
         "loop": {"data": {"fraction": 0.06, "val_per_class": 1}, "size": (32, 40), "epochs": 2, "aba": False},
         "input": {"images": 256, "jpeg_images": 0, "batch": 64},
         "search": {"data": {"fraction": 0.06, "val_per_class": 1}, "size": (32, 40), "trials": 3, "epochs": 3,
-                   "grace": 1, "rf": 4, "seeds": (0,), "scaling": (2,)},
-        "demo_search": {"data": {"fraction": 0.06, "val_per_class": 1}, "size": (32, 40), "trials": 4,
-                        "epochs": 4, "grace": None, "rf": 4},
+                   "seeds": (42,), "scaling": (2,), "verify_seeds": 2},
         "memory": {"data": {"fraction": 0.06, "val_per_class": 1}, "size": (32, 40), "trials": 4},
         "cli": {"help_runs": 3, "first_result": True, "first_result_data": {"fraction": 0.06, "val_per_class": 1},
                 "e2e": "projected"},
@@ -107,17 +105,12 @@ PROFILES: dict[str, dict] = {
         # P1 + T1: the demo recipe (48/56 px) on the whole demo data, 4 epochs, bare-Tune-bare.
         "loop": {"data": None, "size": None, "epochs": 4, "aba": True},
         "input": {"images": None, "jpeg_images": 384, "batch": 64},
-        # P3 + T2: 8 trials x 6 epochs (ASHA grace 1, rf 4: rungs at epochs 1 and 4) at the demo's
-        # 48/56 px on 20 % of the demo train images (>= 1 per class), 2 val images per class, 3 search
-        # seeds; T2: 2 / 4 / 8 trials with the same settings (seed 0; 8 is P3's run). (At 32 px on the
-        # old demo data every trial sat at chance, so ASHA's rungs only saw ties.)
-        "search": {"data": {"fraction": 0.2, "val_per_class": 2}, "size": None, "trials": 8, "epochs": 6,
-                   "grace": 1, "rf": 4, "seeds": (0, 1, 2), "scaling": (2, 4, 8)},
-        # P4 / P6 end to end: the demo search's own settings (DEMO_NUM_SAMPLES = 12 trials, 12 epochs,
-        # default grace 1, rf 4) on the P3 data: its epochs are counted exactly; its wall time is
-        # projected (P6).
-        "demo_search": {"data": {"fraction": 0.2, "val_per_class": 2}, "size": None, "trials": DEMO_NUM_SAMPLES,
-                        "epochs": 12, "grace": None, "rf": 4},
+        # P3 + T2 + P4: the demo search as `run_search.py --space stage_epochs --demo` runs it
+        # (DEMO_NUM_SAMPLES = 12 trials of the 12-epoch demo recipe at 48/56 px on the whole demo
+        # data; epochs None = the recipe's own), 3 search seeds (42 is the demo's: P4 verifies that
+        # run, 3 training seeds); T2: 3 / 6 / 12 trials on seed 42 (12 is P3's run).
+        "search": {"data": None, "size": None, "trials": DEMO_NUM_SAMPLES, "epochs": None,
+                   "seeds": (42, 1, 2), "scaling": (3, 6, 12), "verify_seeds": 3},
         "memory": {"data": {"fraction": 0.25, "val_per_class": 4}, "size": None, "trials": 4},
         "cli": {"help_runs": 5, "first_result": True, "first_result_data": None, "e2e": "projected"},
         "cuda": {"images": 8192, "epochs": 3, "bare_steps": 60},
@@ -125,10 +118,8 @@ PROFILES: dict[str, dict] = {
     "full": {
         "loop": {"data": None, "size": None, "epochs": 5, "aba": True},
         "input": {"images": None, "jpeg_images": 768, "batch": 64},
-        "search": {"data": None, "size": None, "trials": 20, "epochs": 12, "grace": 2, "rf": 4,
-                   "seeds": (0, 1, 2), "scaling": (2, 4, 8)},
-        "demo_search": {"data": None, "size": None, "trials": DEMO_NUM_SAMPLES, "epochs": 12, "grace": None,
-                        "rf": 4},
+        "search": {"data": None, "size": None, "trials": DEMO_NUM_SAMPLES, "epochs": None,
+                   "seeds": (42, 1, 2, 3, 4), "scaling": (3, 6, 12), "verify_seeds": 3},
         "memory": {"data": None, "size": None, "trials": 4},
         "cli": {"help_runs": 5, "first_result": True, "first_result_data": None, "e2e": "real"},
         "cuda": {"images": 16384, "epochs": 4, "bare_steps": 100},

@@ -297,7 +297,7 @@ def project_e2e(ctx: Context, fig: FigureResult) -> None:
     """P6's end-to-end row, once P4's demo search (and the loop timing of P1) are known.
 
     --full: the real demo search's wall time. Otherwise a projection: P6's measured start-up +
-    the epochs the demo search's settings consumed (P4, counted exactly at bench size) x the
+    the epochs the demo search trained (P4's epochs_trained, counted exactly) x the
     wall time of one demo-data epoch (P1's epoch under Tune, scaled by image count to the
     whole demo data, all CPUs busy).
     """
@@ -321,8 +321,10 @@ def project_e2e(ctx: Context, fig: FigureResult) -> None:
     demo_images = sum(sum(1 for _ in open(paths[f"{s}_meta"])) - 1 for s in ("train", "val"))
     loop_images = p1["train_images"] + p1["val_images"]
     epoch_s = median(p1["tune_time_this_iter_s"][1:]) * demo_images / loop_images
-    projected = first["startup_s"] + search["epochs_consumed"] * epoch_s
-    fig.raw["e2e_projection"] = {"startup_s": first["startup_s"], "epochs": search["epochs_consumed"],
+    # epochs replayed from a shared prefix (trainable.prefix) cost a checkpoint load, not an epoch
+    epochs = search.get("epochs_trained", search["epochs_consumed"])
+    projected = first["startup_s"] + epochs * epoch_s
+    fig.raw["e2e_projection"] = {"startup_s": first["startup_s"], "epochs": epochs,
                                  "epoch_s": epoch_s, "seconds": projected}
     fig.add("demo search end to end (projected)", fmt_s(projected), "≤ 10 min", projected <= 600,
-            note=f"{search['epochs_consumed']} epochs x {epoch_s:.1f} s + start-up; run --full to measure")
+            note=f"{epochs} epochs trained x {epoch_s:.1f} s + start-up; run --full to measure")

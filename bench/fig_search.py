@@ -1,20 +1,23 @@
-"""P3: ASHA + TPE vs FIFO random search; T2: search cost vs trials; P4: demo search cost and retrain.
+"""P3: ASHA + TPE vs FIFO random search; T2: search cost vs trials; P4: demo search cost and verify.
 
 All searches go through `tuner.search.run_search` (the code `run_search.py` runs) in one local
-Ray session, without tracking hooks:
+Ray session, without tracking hooks, on flags parsed by `tuner.cli.parse_settings`:
 
-- ASHA + TPE: exactly what `run_search.py --space stage_epochs ...` builds (PruningOptunaSearch
-  with TPE, the seed recipe as the first trial, tuner.scheduler.PromotingASHA on `epoch`:
-  successive halving that pauses trials at a rung until they rank in its top 1/rf);
-- FIFO random: the same search with two changes: the searcher samples with Optuna's
-  RandomSampler (same space, same seed point first; `build_searcher` is swapped for this
-  search only), and `--grace-period` = `--epochs`, which leaves ASHA no rung below the last
-  epoch, so no trial is paused or stopped early (FIFO).
+- ASHA + TPE: `run_search.py --space stage_epochs` with its defaults and nothing else: TPE, the
+  seed recipe as the first trial, tuner.scheduler.PromotingASHA on `epoch` with the first rung
+  placed automatically (tuner.rungs: the first epoch where the space's sampled trials stop
+  computing the same epochs), prefix sharing on (trainable.prefix: a trial whose first k epochs
+  equal an earlier trial's starts from that trial's epoch-k checkpoint and replays its reports);
+- FIFO random: the same command with `--sampler random --grace-period EPOCHS --no-share-prefix`:
+  Optuna's RandomSampler (same space, same seed point first), no rung below the last epoch (so
+  no trial is paused or stopped early: FIFO), every epoch trained.
 
 Both arms use the same number of trials, the same --seed (which seeds the sampler and every
 trial's training) and the default resources (on 2 CPUs: 2 trials at a time, 1 CPU each).
 "Best metric" is the search summary's best_value: the best final macro-F1 among trials that
-ran all their epochs (what `export` hands to the retrain).
+ran all their epochs (what `export` hands on). Epochs come from search_summary.json:
+`epochs_consumed` (every reported epoch) and `epochs_trained` (less those taken from a shared
+prefix, which cost a checkpoint load instead of training).
 """
 
 from __future__ import annotations
@@ -40,142 +43,165 @@ from bench.common import (
     say,
 )
 
-
-def random_searcher(settings):
-    """tuner.search.build_searcher with Optuna's RandomSampler instead of TPE (FIFO arm)."""
-    from optuna.samplers import RandomSampler
-
-    from trainable.config import field_names
-    from tuner.prepare import seed_point
-    from tuner.search import TIME_ATTR
-    from tuner.searcher import BoundSpace, PruningOptunaSearch
-
-    point = seed_point(settings.space, settings.base)
-    return PruningOptunaSearch(
-        space=BoundSpace(settings.space, settings.base), metric=settings.metric, mode=settings.mode,
-        points_to_evaluate=[point] if point else None, sampler=RandomSampler(seed=settings.seed),
-        time_attr=TIME_ATTR, max_epochs=settings.base.epochs, config_keys=field_names())
+SPACE = "stage_epochs"
+SUMMARY_KEYS = ("epochs_consumed", "epochs_trained", "prefix_sharing", "first_rung_ties", "seed_trial",
+                "best_value", "num_trials", "num_stopped_early", "num_failed", "wall_time_s", "best_trial_id",
+                "experiment", "storage_path", "best_config", "sampler")
 
 
-def search(ctx: Context, prof: dict, *, trials: int, seed: int, arm: str, tag: str) -> dict:
-    """One search at `prof`'s sizing; arm "asha" (the real thing) or "fifo" (random, no stopping)."""
-    paths = bench_dataset(prof["data"])
-    epochs = prof["epochs"]
-    name = f"{tag}-{arm}-n{trials}-s{seed}-{ctx.run_id}"
-    flags = config_flags(paths, prof["size"], epochs) + [
-        "--space", "stage_epochs", "--num-samples", str(trials), "--seed", str(seed),
-        "--reduction-factor", str(prof["rf"]), "--storage-path", str(ctx.storage), "--name", name]
-    grace = epochs if arm == "fifo" else prof.get("grace")
-    if grace is not None:
-        flags += ["--grace-period", str(grace)]
+def epochs_of(prof: dict) -> int:
+    """The epochs of one training at `prof`'s sizing (None: the demo recipe's own)."""
+    from trainable.cli_config import DEMO_RECIPE
+
+    return prof["epochs"] or DEMO_RECIPE["epochs"]
+
+
+def arm_flags(arm: str, epochs: int) -> list[str]:
+    """What each arm adds to the search's flags: ASHA + TPE is the default search as it stands."""
+    if arm == "asha":
+        return []
+    if arm == "fifo":  # a rung only at the last epoch pauses or stops nothing; no prefix reuse
+        return ["--sampler", "random", "--grace-period", str(epochs), "--no-share-prefix"]
+    raise ValueError(f"unknown arm {arm!r}")
+
+
+def search_flags(prof: dict, storage: Path, *, trials: int, seed: int, arm: str, name: str) -> list[str]:
+    """`run_search.py` flags of one bench search: the demo recipe on the profile's data and size."""
+    flags = config_flags(bench_dataset(prof["data"]), prof["size"], prof["epochs"]) + [
+        "--space", SPACE, "--num-samples", str(trials), "--seed", str(seed),
+        "--storage-path", str(storage), "--name", name]
+    return flags + arm_flags(arm, epochs_of(prof))
+
+
+def search(ctx: Context, prof: dict, *, trials: int, seed: int, arm: str) -> dict:
+    """One search (cached for the run: P3's ASHA run on the first seed is also T2's and P4's)."""
+    return ctx.once(f"search-{arm}-n{trials}-s{seed}", lambda: _search(ctx, prof, trials, seed, arm))
+
+
+def _search(ctx: Context, prof: dict, trials: int, seed: int, arm: str) -> dict:
+    name = f"{arm}-n{trials}-s{seed}-{ctx.run_id}"
+    flags = search_flags(prof, ctx.storage, trials=trials, seed=seed, arm=arm, name=name)
     ensure_ray(ctx.log("ray"))
-    say(f"{tag}: {arm} search, {trials} trials x {epochs} epochs, seed {seed}")
-    summary = run_search_inprocess(flags, ctx.log(name), searcher=random_searcher if arm == "fifo" else None)
-    best_any = max((r.get("macro_f1", float("-inf")) for rows in summary["trial_results"].values() for r in rows),
-                   default=float("nan"))
-    out = {k: summary[k] for k in ("epochs_consumed", "best_value", "num_trials", "num_stopped_early",
-                                   "num_failed", "wall_time_s", "bench_wall_s", "best_trial_id", "experiment",
-                                   "storage_path", "best_config")}
-    out["best_any_epoch"] = best_any
-    out["tied_at_first_rung"] = _tied(summary["trial_results"], grace or max(1, epochs // 5), summary["metric"])
-    say(f"{tag}: {arm} seed {seed}: {out['epochs_consumed']} epochs, best {fmt(out['best_value'])}, "
-        f"{fmt_s(out['bench_wall_s'])}")
+    say(f"{arm} search, {trials} trials x {epochs_of(prof)} epochs, seed {seed}")
+    summary = run_search_inprocess(flags, ctx.log(name))
+    out = {key: summary.get(key) for key in SUMMARY_KEYS} | {"bench_wall_s": summary["bench_wall_s"]}
+    say(f"{arm} seed {seed}: {out['epochs_trained']} epochs trained of {out['epochs_consumed']}, best "
+        f"{fmt(out['best_value'], 4)}, {fmt_s(out['bench_wall_s'])}")
     return out
 
 
-def _tied(trial_results: dict, epoch: int, metric: str) -> int:
-    """Trials whose score at `epoch` equals another trial's there (tuner.summary.count_ties: the
-    count search_summary.json reports as first_rung_ties)."""
-    from tuner.summary import count_ties
-
-    return count_ties(next((r.get(metric) for r in rows if r.get("epoch") == epoch), None)
-                      for rows in trial_results.values())
-
-
-def _sizing(prof: dict, data: dict) -> dict:
-    return {"trials": prof["trials"], "epochs": prof["epochs"], "grace_period": prof.get("grace"),
-            "reduction_factor": prof["rf"], "image_size": prof["size"] or "demo (64/72)",
-            "data": prof["data"] or "whole demo data", "train_images": data.get("train_images"),
-            "val_images": data.get("val_images")}
-
-
 def _data_counts(prof: dict) -> dict:
+    """Train / val image counts, and the macro-F1 of a model that predicts one class for every image."""
     import csv
+    from collections import Counter
 
     paths = bench_dataset(prof["data"])
     counts = {}
     for split in ("train", "val"):
         with open(paths[f"{split}_meta"], newline="") as handle:
-            counts[f"{split}_images"] = sum(1 for _ in csv.reader(handle)) - 1
+            rows = list(csv.reader(handle))
+        counts[f"{split}_images"] = len(rows) - 1
+    labels = Counter(row[rows[0].index("label_61")] for row in rows[1:])  # val
+    # predicting class c everywhere: F1(c) = 2 n_c / (N + n_c), 0 for every other covered class
+    counts["one_class_macro_f1"] = max(2 * n / (len(rows) - 1 + n) for n in labels.values()) / len(labels)
     return counts
 
 
+def _sizing(prof: dict, counts: dict) -> dict:
+    from trainable.cli_config import DEMO_RECIPE
+
+    size = prof["size"] or (DEMO_RECIPE["image_size"], DEMO_RECIPE["progressive_image_size"])
+    return {"trials": prof["trials"], "epochs": epochs_of(prof), "first_rung": "automatic (tuner.rungs)",
+            "reduction_factor": "default", "image_size": list(size),
+            "data": prof["data"] or "whole demo data", **counts}
+
+
+# ---------------------------------------------------------------------------------- P3
 def run_p3(ctx: Context) -> FigureResult:
     prof = ctx.profile["search"]
     fig = FigureResult("P3", "ASHA + TPE vs FIFO random")
-    fig.sizing = _sizing(prof, _data_counts(prof)) | {"seeds": list(prof["seeds"])}
+    counts = _data_counts(prof)
+    fig.sizing = _sizing(prof, counts) | {"seeds": list(prof["seeds"])}
     runs = {"asha": [], "fifo": []}
     for i, seed in enumerate(prof["seeds"]):
         arms = ("asha", "fifo") if i % 2 == 0 else ("fifo", "asha")  # alternate against load drift
         for arm in arms:
-            runs[arm].append(search(ctx, prof, trials=prof["trials"], seed=seed, arm=arm, tag="p3"))
-    ctx.shared["p3_asha_seed0"] = runs["asha"][0]
+            runs[arm].append(search(ctx, prof, trials=prof["trials"], seed=seed, arm=arm))
     fig.raw = runs
-    epochs = {arm: mean_std([r["epochs_consumed"] for r in rs]) for arm, rs in runs.items()}
-    best = {arm: mean_std([r["best_value"] for r in rs]) for arm, rs in runs.items()}
-    walls = {arm: mean_std([r["bench_wall_s"] for r in rs]) for arm, rs in runs.items()}
-    ratio = epochs["asha"][0] / epochs["fifo"][0]
-    fig.add(f"epochs consumed, ASHA+TPE / FIFO random ({prof['trials']} trials, {len(prof['seeds'])} seeds)",
-            f"{ratio:.2f} ({epochs['asha'][0]:.1f} ± {epochs['asha'][1]:.1f} vs "
-            f"{epochs['fifo'][0]:.1f} ± {epochs['fifo'][1]:.1f})", "≤ 0.4×", ratio <= 0.4)
-    noise = math.sqrt((best["asha"][1] ** 2 + best["fifo"][1] ** 2) / 2)
-    gap = best["fifo"][0] - best["asha"][0]
-    enough = len(prof["seeds"]) >= 3
-    fig.add("best macro-F1 (completed trials), ASHA+TPE vs FIFO random, mean ± std over seeds",
-            f"{best['asha'][0]:.4f} ± {best['asha'][1]:.4f} vs {best['fifo'][0]:.4f} ± {best['fifo'][1]:.4f}",
-            "not lower beyond noise", (gap <= noise) if enough else None,
-            note=f"gap {gap:+.4f}, pooled seed std {noise:.4f}" + ("" if enough else "; < 3 seeds: no verdict"))
-    fig.add("  search wall time, ASHA+TPE vs FIFO random",
-            f"{fmt_s(walls['asha'][0])} vs {fmt_s(walls['fifo'][0])}")
-    stopped = sum(r["num_stopped_early"] for r in runs["asha"])
-    tied = sum(r["tied_at_first_rung"] for r in runs["asha"])
-    total = sum(r["num_trials"] for r in runs["asha"])
-    grace = prof.get("grace") or max(1, prof["epochs"] // 5)
-    fig.add(f"  ASHA trials stopped early; trials whose epoch-{grace} score ties another's",
-            f"{stopped} of {total}; {tied} of {total}",
-            note="ties on the metric are ranked by validation loss")
+    p3_rows(fig, runs, epochs_of(prof), counts["one_class_macro_f1"])
     return fig
 
 
+def p3_rows(fig: FigureResult, runs: dict[str, list[dict]], epochs: int, one_class_f1: float) -> None:
+    """P3's rows from both arms' search summaries (one per search seed)."""
+    asha, fifo = runs["asha"], runs["fifo"]
+    seeds, trials = len(asha), asha[0]["num_trials"]
+    trained = mean_std([r["epochs_trained"] for r in asha])
+    consumed = mean_std([r["epochs_consumed"] for r in asha])
+    fifo_epochs = mean_std([r["epochs_consumed"] for r in fifo])
+    ratio = trained[0] / fifo_epochs[0]
+    fig.add(f"epochs trained, ASHA+TPE / FIFO random ({trials} trials x {epochs} epochs, {seeds} search seeds)",
+            f"{ratio:.2f}× ({trained[0]:.1f} ± {trained[1]:.1f} vs {fifo_epochs[0]:.1f} ± {fifo_epochs[1]:.1f})",
+            "≤ 0.4×", ratio <= 0.4,
+            note="judged on epochs trained: ASHA's reported epochs less those prefix sharing replayed")
+    fig.add("  epochs consumed (every reported epoch), ASHA+TPE / FIFO random",
+            f"{consumed[0] / fifo_epochs[0]:.2f}× ({consumed[0]:.1f} ± {consumed[1]:.1f} vs {fifo_epochs[0]:.1f})")
+    best = {arm: mean_std([r["best_value"] for r in rs]) for arm, rs in runs.items()}
+    diff = best["asha"][0] - best["fifo"][0]
+    se = math.sqrt(best["asha"][1] ** 2 / seeds + best["fifo"][1] ** 2 / len(fifo))
+    enough = seeds >= 3 and len(fifo) >= 3
+    fig.add("best macro-F1 (completed trials), ASHA+TPE vs FIFO random, mean ± std over search seeds",
+            f"{best['asha'][0]:.4f} ± {best['asha'][1]:.4f} vs {best['fifo'][0]:.4f} ± {best['fifo'][1]:.4f}",
+            "not lower beyond seed noise", (diff >= -2 * se) if enough else None,
+            note=f"ASHA − FIFO {diff:+.4f}, 2 SE {2 * se:.4f}" + ("" if enough else "; < 3 seeds: no verdict"))
+    seed_recipe = [r["seed_trial"]["value"] for r in fifo
+                   if r.get("seed_trial") and r["seed_trial"].get("epochs") == epochs]
+    level = mean_std(seed_recipe)
+    fig.add("  level the models reach: the seed recipe (FIFO's trial 0, all epochs), macro-F1 over seeds",
+            f"{level[0]:.4f} ± {level[1]:.4f} ({len(seed_recipe)} seeds)",
+            note=f"a model predicting one class for every image scores {one_class_f1:.4f}")
+    walls = {arm: mean_std([r["bench_wall_s"] for r in rs]) for arm, rs in runs.items()}
+    fig.add("  search wall time, ASHA+TPE vs FIFO random", f"{fmt_s(walls['asha'][0])} vs {fmt_s(walls['fifo'][0])}")
+    ties = [r["first_rung_ties"] or {} for r in asha]
+    worst = max((t.get("tied", 0) / r["num_trials"] for t, r in zip(ties, asha, strict=True)), default=0.0)
+    fig.add("  ASHA first rung (automatic): trials tied there, per search seed",
+            ", ".join(f"{t.get('tied', '?')}/{t.get('scored', '?')} at epoch {t.get('epoch', '?')}" for t in ties),
+            "≤ 10 % of trials", worst <= 0.10, note="search_summary.json first_rung_ties; ties rank by val loss")
+    sharing = [r["prefix_sharing"] or {} for r in asha]
+    fig.add("  ASHA trials stopped early; trials forked from a shared prefix; epochs shared (all seeds)",
+            f"{sum(r['num_stopped_early'] for r in asha)} of {sum(r['num_trials'] for r in asha)}; "
+            f"{sum(s.get('trials_forked', 0) for s in sharing)}; {sum(s.get('epochs_shared', 0) for s in sharing)}")
+
+
+# ---------------------------------------------------------------------------------- T2
 def run_growth(ctx: Context) -> FigureResult:
-    """T2: wall time and epochs of an ASHA + TPE search with 2, 4, 8 trials (same settings, seed 0)."""
+    """T2: wall time and epochs of the ASHA + TPE search with more and more trials (P3's sizing)."""
     prof = ctx.profile["search"]
     fig = FigureResult("T2", "search cost vs number of trials")
-    fig.sizing = _sizing(prof, _data_counts(prof)) | {"trial_counts": list(prof["scaling"])}
-    reuse = ctx.shared.get("p3_asha_seed0")
+    seed = prof["seeds"][0]
+    fig.sizing = _sizing(prof, _data_counts(prof)) | {"trial_counts": list(prof["scaling"]), "seed": seed}
     for trials in prof["scaling"]:
-        if reuse is not None and trials == prof["trials"] and prof["seeds"][0] == 0:
-            result = reuse
-        else:
-            result = search(ctx, prof, trials=trials, seed=0, arm="asha", tag="t2")
+        result = search(ctx, prof, trials=trials, seed=seed, arm="asha")  # P3's run where the count matches
         fig.raw[str(trials)] = result
-        fig.add(f"ASHA+TPE search, {trials} trials x {prof['epochs']} epochs",
-                f"{fmt_s(result['bench_wall_s'])}, {result['epochs_consumed']} epochs "
-                f"({result['num_stopped_early']} stopped early)")
+        ties = result["first_rung_ties"] or {}
+        fig.add(f"ASHA+TPE search, {trials} trials x {epochs_of(prof)} epochs",
+                f"{fmt_s(result['bench_wall_s'])}, {result['epochs_trained']} epochs trained of "
+                f"{result['epochs_consumed']} ({result['num_stopped_early']} stopped early, first rung at epoch "
+                f"{ties.get('epoch', '?')})")
     return fig
 
 
 # ---------------------------------------------------------------------------------- P4
 def demo_search(ctx: Context) -> dict:
-    """The demo search: real (`run_search.py --space stage_epochs --demo`, full mode) or at bench size."""
+    """The demo search: `run_search.py --space stage_epochs --demo` as a subprocess with --full;
+    otherwise P3's ASHA search on its first seed (default mode: the demo's own settings, seed 42)."""
     def compute():
-        prof = ctx.profile["demo_search"]
         if ctx.mode == "full":
             return _real_demo_search(ctx)
-        result = search(ctx, prof, trials=prof["trials"], seed=42, arm="asha", tag="p4")
-        result["scaled"] = True
-        result["epochs_per_training"] = prof["epochs"]
-        return result
+        prof = ctx.profile["search"]
+        result = search(ctx, prof, trials=prof["trials"], seed=prof["seeds"][0], arm="asha")
+        # "scaled": not the user's command end to end, so P6 projects its wall time (fig_cli)
+        return result | {"scaled": True, "epochs_per_training": epochs_of(prof)}
 
     return ctx.once("demo_search", compute)
 
@@ -184,12 +210,10 @@ def _real_demo_search(ctx: Context) -> dict:
     import json
 
     name = f"p4-demo-{ctx.run_id}"
-    cwd = ctx.work / "demo_search"
-    cwd.mkdir(parents=True, exist_ok=True)
     say("P4/P6: the demo search, end to end: run_search.py --space stage_epochs --demo")
     started = time.perf_counter()
-    proc = launch([PYTHON, str(REPO / "run_search.py"), "--space", "stage_epochs", "--demo",
-                   "--storage-path", str(ctx.storage), "--name", name], ctx.log(name), cwd=cwd)
+    proc = launch([PYTHON, str(REPO / "run_search.py"), "--space", SPACE, "--demo",
+                   "--storage-path", str(ctx.storage), "--name", name], ctx.log(name), cwd=ctx.work / "demo_search")
     code = finish(proc, timeout=4 * 3600)
     wall = time.perf_counter() - started
     if code != 0:
@@ -200,92 +224,63 @@ def _real_demo_search(ctx: Context) -> dict:
     return summary | {"bench_wall_s": wall, "scaled": False, "epochs_per_training": DEMO_RECIPE["epochs"]}
 
 
-def _trial_threads(storage: str, name: str) -> int | None:
-    """The torch threads each trial of the search ran with (its CPUs per trial), from its meta file."""
+def run_verify(ctx: Context, storage: str, name: str, seeds: int) -> dict:
+    """`run_search.py verify` on the search, no MLflow (the figure is the models, not tracking); its verify.json."""
     import json
 
-    from tuner.experiment import META_FILE
-
-    try:
-        meta = json.loads((Path(storage) / name / META_FILE).read_text())
-        return max(1, int(meta["resources"]["per_trial"]["cpu"]))
-    except (OSError, KeyError, TypeError, ValueError):
-        return None
-
-
-def _retrain(ctx: Context, argv: list[str], save_dir: Path, label: str, threads: int | None) -> dict:
-    from trainable.checkpoint import load_checkpoint
-
-    say(f"P4: retrain, {label}" + (f" ({threads} torch threads, as the trials)" if threads else ""))
+    say(f"P4: run_search.py verify --experiment {name} --seeds {seeds}")
     started = time.perf_counter()
-    # CPU kernels sum in a thread-count-dependent order: with the trials' thread count the retrain
-    # of the exported config can reproduce its trial exactly, and both retrains compare alike
-    env = {"OMP_NUM_THREADS": str(threads)} if threads else None
-    proc = launch([PYTHON, *argv, "--save-dir", str(save_dir), "--save-freq", "0"], ctx.log(f"p4-{label}"),
-                  cwd=ctx.work / "cwd" / "p4", env=env)
-    code = finish(proc, timeout=4 * 3600)
-    if code != 0:
-        raise RuntimeError(f"retrain {label} exited {code}; see {ctx.log(f'p4-{label}')}")
-    state = load_checkpoint(save_dir / "last.pth")
-    return {"macro_f1": state["macro_f1"], "tail_acc": state["tail_mean_acc"], "val_acc": state["val_acc"],
-            "best_val_acc": state["best_val_acc"], "wall_s": time.perf_counter() - started,
-            "epochs": state["epoch"]}
-
-
-def _help_text(argv: list[str]) -> str:
-    import subprocess
-
-    done = subprocess.run([PYTHON, *argv, "--help"], capture_output=True, text=True, cwd=REPO, timeout=120)
-    return done.stdout
+    proc = launch([PYTHON, str(REPO / "run_search.py"), "verify", "--experiment", name, "--storage-path", storage,
+                   "--seeds", str(seeds), "--no-mlflow"], ctx.log("p4-verify"), cwd=ctx.work / "cwd" / "p4")
+    if finish(proc, timeout=4 * 3600) != 0:
+        raise RuntimeError(f"verify failed; see {ctx.log('p4-verify')}")
+    result = json.loads((Path(storage) / name / "verify.json").read_text())
+    return result | {"bench_wall_s": time.perf_counter() - started}
 
 
 def run_p4(ctx: Context) -> FigureResult:
-    prof = ctx.profile["demo_search"]
-    fig = FigureResult("P4", "demo search cost and retrain")
+    prof = ctx.profile["search"]
+    fig = FigureResult("P4", "demo search cost and verify")
     result = demo_search(ctx)
-    per_training = result["epochs_per_training"]
-    fig.sizing = (_sizing(prof, _data_counts(prof)) if result.get("scaled")
+    fig.sizing = (_sizing(prof, _data_counts(prof)) | {"seed": prof["seeds"][0]} if result.get("scaled")
                   else {"search": "run_search.py --space stage_epochs --demo (defaults)"})
-    cost = result["epochs_consumed"] / per_training
-    fig.add(f"demo search epochs / one full training ({result['num_trials']} trials)",
-            f"{cost:.2f}× ({result['epochs_consumed']} / {per_training} epochs)", "≤ 3×", cost <= 3)
-    if "tied_at_first_rung" in result:
-        fig.add("  trials stopped early by ASHA; trials tied at its first rung",
-                f"{result['num_stopped_early']} of {result['num_trials']}; "
-                f"{result['tied_at_first_rung']} of {result['num_trials']}")
-    storage, name = result["storage_path"], result["experiment"]
-    best_yaml = ctx.work / "p4-best.yaml"
-    proc = launch([PYTHON, str(REPO / "run_search.py"), "export", "--experiment", name, "--storage-path", storage,
-                   "--out", str(best_yaml)], ctx.log("p4-export"), cwd=ctx.work / "cwd" / "p4")
-    if finish(proc, timeout=300) != 0:
-        raise RuntimeError(f"export failed; see {ctx.log('p4-export')}")
-    if result.get("scaled"):
-        seed_argv = ["-m", "trainable", *config_flags(bench_dataset(prof["data"]), prof["size"], prof["epochs"])]
-    else:
-        seed_argv = ["-m", "trainable", "--demo"]
-    retrain = [str(REPO / "run_search.py"), "retrain", "--config", str(best_yaml)]
-    if result.get("scaled"):
-        # best.yaml holds the bench data's paths, but with `demo: true` in a --config the training
-        # CLI swaps in the demo dataset's paths unless they are given as flags (see the report).
-        paths = bench_dataset(prof["data"])
-        retrain += [arg for key in ("train_meta", "val_meta", "class_weights")
-                    for arg in ("--" + key.replace("_", "-"), paths[key])]
-    if "--no-mlflow" in _help_text(retrain):  # the figure is the model's quality, not tracking's
-        retrain.append("--no-mlflow")
-    threads = _trial_threads(storage, name)
-    exported = _retrain(ctx, retrain, ctx.work / "p4-retrain-best", "exported", threads)
-    seed = _retrain(ctx, seed_argv, ctx.work / "p4-retrain-seed", "seed-defaults", threads)
-    fig.raw = {"search": result, "exported": exported, "seed_defaults": seed, "retrain_threads": threads,
-               "best_yaml": best_yaml.read_text() if best_yaml.is_file() else None}
-    trial_score = result.get("best_value")
-    if trial_score is not None:
-        same = math.isclose(exported["macro_f1"], trial_score, rel_tol=1e-6, abs_tol=1e-9)
-        fig.add("  retrain of the exported config reproduces the best trial's macro-F1",
-                f"{exported['macro_f1']:.4g} vs trial {trial_score:.4g}", "", None,
-                note="same data, seed and epochs" + ("" if same else ": differs"))
-    for key, label, unit in (("macro_f1", "macro-F1", ""), ("tail_acc", "tail-class accuracy", " %")):
-        ok = exported[key] >= seed[key]
-        fig.add(f"retrain {label}: exported best config vs seed defaults",
-                f"{exported[key]:.4g}{unit} vs {seed[key]:.4g}{unit}", "≥ seed", ok,
-                note="one training seed each: compare with P3's seed-to-seed std")
+    fig.sizing["verify_seeds"] = prof["verify_seeds"]
+    verify = run_verify(ctx, result["storage_path"], result["experiment"], prof["verify_seeds"])
+    fig.raw = {"search": result, "verify": verify}
+    p4_rows(fig, result, verify, timed=ctx.mode != "quick")
     return fig
+
+
+def p4_rows(fig: FigureResult, result: dict, verify: dict, timed: bool) -> None:
+    """P4's rows from the demo search's summary and its verify.json; `timed`: the verify time goal applies."""
+    per_training = result["epochs_per_training"]
+    cost = result["epochs_trained"] / per_training
+    fig.add(f"demo search epochs trained / one full training ({result['num_trials']} trials)",
+            f"{cost:.2f}× ({result['epochs_trained']} / {per_training} epochs)", "≤ 3× (moonshot ≤ 2×)", cost <= 3,
+            note="moonshot met" if cost <= 2 else "")
+    ties, sharing = result.get("first_rung_ties") or {}, result.get("prefix_sharing") or {}
+    fig.add("  epochs consumed (every reported epoch, shared prefixes included) / one full training",
+            f"{result['epochs_consumed'] / per_training:.2f}× ({result['epochs_consumed']} epochs; "
+            f"{sharing.get('trials_forked', 0)} trials forked, {sharing.get('epochs_shared', 0)} epochs shared)")
+    fig.add("  trials stopped early by ASHA; trials tied at its first rung",
+            f"{result['num_stopped_early']} of {result['num_trials']}; {ties.get('tied', '?')} of "
+            f"{ties.get('scored', '?')} at epoch {ties.get('epoch', '?')}")
+    k = len(verify["seeds"])
+    f1 = verify["comparison"]["macro_f1"]
+    same = verify["winner_trial_id"] == verify["baseline_trial_id"]
+    fig.add(f"verify: Δ macro-F1, winner − seed recipe (trial 0), {k} training seeds",
+            f"{f1['difference']:+.4f} ± {f1['standard_error']:.4f} SE ({f1['winner_mean']:.4f} ± "
+            f"{f1['winner_std']:.4f} vs {f1['baseline_mean']:.4f} ± {f1['baseline_std']:.4f})",
+            "> 2 SE", bool(f1["beyond_noise"]), note="the winner is the seed recipe itself" if same else "")
+    tail = verify["comparison"]["tail_acc"]
+    fig.add("  verify: Δ tail-class accuracy, winner − seed recipe",
+            f"{tail['difference']:+.2f} ± {tail['standard_error']:.2f} SE points ({tail['winner_mean']:.2f} % vs "
+            f"{tail['baseline_mean']:.2f} %)", note="beyond 2 SE" if tail["beyond_noise"] else "within 2 SE")
+    trial, retrained = result.get("best_value"), verify["winner"]["macro_f1"][0]
+    if trial is not None:  # verify's first seed is the trials' own, at their thread count
+        same_score = math.isclose(retrained, trial, rel_tol=1e-6, abs_tol=1e-9)
+        fig.add("  verify's winner retrain on the trials' seed reproduces the best trial's macro-F1",
+                f"{retrained:.4g} vs trial {trial:.4g}", "equal", same_score)
+    wall = verify.get("bench_wall_s")
+    fig.add(f"  verify wall time ({len(verify['seeds']) * (1 if same else 2)} trainings)", fmt_s(wall),
+            "≤ 15 min" if timed else "", (wall <= 900) if timed and wall is not None else None)

@@ -1,6 +1,6 @@
 """`python -m bench` / `python bench/run.py`: measure croptune's performance figures side by side.
 
-    python -m bench                      # the default set (~10 min on an idle 2-core machine)
+    python -m bench                      # the default set (~1 h on an idle 2-core machine)
     python -m bench --quick              # every code path at toy sizes (a few minutes)
     python -m bench --only P1,P2         # some figures
     python -m bench --full               # the real demo search, retrains at demo size (long)
@@ -11,11 +11,11 @@ markdown table: id, measure, value, goal, pass/fail. Figures (see README "Perfor
     P1  wall time per epoch, trial under Tune / bare fit()            goal ≤ 1.03
     P2  input throughput, decode-once + batched aug / seed-style      goal ≥ 10×; data wait < 5 %
     P3  ASHA+TPE vs FIFO random: epochs, best metric over seeds       goal ≤ 0.4×; not lower beyond noise
-    P4  demo search epochs / one training; exported vs seed retrain   goal ≤ 3×; ≥ seed
+    P4  demo search epochs / one training; verify Δ macro-F1          goal ≤ 3×; > 2 SE
     P5  peak RSS summed over processes, 4 trials / 1                  goal ≤ 1.5×
     P6  --help; first trial result; demo search end to end            goal ≤ 1 s; ≤ 20 s; ≤ 10 min
     T1  training images/s of the demo model
-    T2  search wall time and epochs with 2 / 4 / 8 trials
+    T2  search wall time and epochs with 3 / 6 / 12 trials
     D1  `python -m trainable --demo` final val accuracy               goal 50-95 % (issue 2)
     G1  (CUDA) resnet50 224 px AMP: trial / bare timm loop            goal ≥ 0.9×; G2 data wait < 5 %
 

@@ -100,18 +100,78 @@ def test_memory_sampler_sees_this_process():
     assert sum(sampler.breakdown_mib.values()) > 0
 
 
-def test_fifo_arm_is_the_search_with_a_random_sampler(tmp_path, tiny_demo):
+def test_search_arms_are_the_default_search_and_fifo_random(tmp_path, tiny_demo):
+    """ASHA + TPE is `run_search.py`'s defaults (automatic first rung, prefix sharing, TPE); FIFO
+    random only swaps the sampler, puts the one rung at the last epoch and trains every epoch."""
     from optuna.samplers import RandomSampler
 
-    from tuner.cli import parse_settings
+    from trainable.cli_config import DEMO_RECIPE
+    from tuner.cli import DEMO_NUM_SAMPLES, parse_settings
     from tuner.search import build_searcher
 
-    flags = common.config_flags(common.bench_dataset(None), (16, 20), 3) + [
-        "--space", "stage_epochs", "--num-samples", "2", "--storage-path", str(tmp_path / "r"), "--name", "x"]
-    settings = parse_settings(flags)
-    fifo, real = fig_search.random_searcher(settings), build_searcher(settings)
-    assert isinstance(fifo._sampler, RandomSampler)
-    assert type(fifo) is type(real) and fifo._points_to_evaluate == real._points_to_evaluate
+    prof = common.PROFILES["quick"]["search"]
+    asha, fifo = (parse_settings(fig_search.search_flags(prof, tmp_path / "r", trials=3, seed=42, arm=arm, name=arm))
+                  for arm in ("asha", "fifo"))
+    assert asha.sampler == "tpe" and asha.share_prefix and "grace_period" not in asha.explicit  # run_search places it
+    assert fifo.sampler == "random" and not fifo.share_prefix and fifo.grace_period == fifo.base.epochs == 3
+    assert (asha.num_samples, asha.seed, asha.space, asha.base) == (fifo.num_samples, fifo.seed, fifo.space, fifo.base)
+    assert isinstance(build_searcher(fifo)._sampler, RandomSampler)
+    default = common.PROFILES["default"]["search"]
+    assert default["trials"] == DEMO_NUM_SAMPLES and len(default["seeds"]) >= 3
+    demo = parse_settings(fig_search.search_flags(default, tmp_path / "r", trials=default["trials"], seed=42,
+                                                  arm="asha", name="d"))
+    for key in ("epochs", "image_size", "progressive_image_size", "backbone", "pretrained", "lr", "batch_size"):
+        assert getattr(demo.base, key) == DEMO_RECIPE[key], key  # the demo recipe at its own size
+    assert demo.base.train_meta == layout_paths(tiny_demo)["train_meta"]  # the whole demo data
+
+
+def _summary(trained: int, best: float, seed_value: float, tied: int, epochs: int = 12) -> dict:
+    """The search_summary.json keys the figures read, for one search of 12 trials."""
+    return {"epochs_trained": trained, "epochs_consumed": trained + 10, "best_value": best, "num_trials": 12,
+            "num_stopped_early": 8, "bench_wall_s": 60.0, "first_rung_ties": {"epoch": 5, "tied": tied, "scored": 12},
+            "prefix_sharing": {"enabled": True, "trials_forked": 9, "epochs_shared": 10},
+            "seed_trial": {"value": seed_value, "epochs": epochs}}
+
+
+def test_p3_rows_judge_epochs_trained_seed_noise_and_first_rung_ties():
+    fifo = [_summary(144, best, 0.35, 0) | {"epochs_consumed": 144} for best in (0.44, 0.48, 0.46)]
+    asha = [_summary(trained, best, 0.35, tied) for trained, best, tied in ((40, 0.42, 0), (50, 0.47, 0), (45, 0.45, 2))]
+    fig = FigureResult("P3", "x")
+    fig_search.p3_rows(fig, {"asha": asha, "fifo": fifo}, 12, 0.005)
+    rows = {row.measure.strip().split(",")[0]: row for row in fig.rows}
+    ratio = rows["epochs trained"]
+    assert ratio.value.startswith("0.31×") and ratio.passed is True  # 45 / 144
+    assert rows["epochs consumed (every reported epoch)"].value.startswith("0.38×")  # 55 / 144
+    best = rows["best macro-F1 (completed trials)"]
+    assert best.passed is True and "ASHA − FIFO -0.0133" in best.note  # within 2 SE of 0.02 stds
+    assert rows["level the models reach: the seed recipe (FIFO's trial 0"].value.startswith("0.3500 ± 0.0000")
+    ties = rows["ASHA first rung (automatic): trials tied there"]
+    assert ties.value == "0/12 at epoch 5, 0/12 at epoch 5, 2/12 at epoch 5" and ties.passed is False  # 2/12 > 10 %
+    assert rows["ASHA trials stopped early; trials forked from a shared prefix; epochs shared (all seeds)"].value \
+        == "24 of 36; 27; 30"
+    fewer = FigureResult("P3", "x")
+    fig_search.p3_rows(fewer, {"asha": asha[:1], "fifo": fifo[:1]}, 12, 0.005)
+    assert fewer.rows[2].passed is None  # one search seed: no noise estimate, no verdict
+
+
+def test_p4_rows_read_verify_json():
+    from tuner.verify import compare
+
+    winner, baseline = [0.42, 0.44, 0.45], [0.35, 0.351, 0.349]
+    verify = {"seeds": [42, 43, 44], "winner_trial_id": "b", "baseline_trial_id": "a", "bench_wall_s": 500.0,
+              "winner": {"macro_f1": winner}, "baseline": {"macro_f1": baseline},
+              "comparison": {"macro_f1": compare(winner, baseline), "tail_acc": compare([1.0, 2.0, 0.0], [0.0, 0.0, 0.1])}}
+    fig = FigureResult("P4", "x")
+    fig_search.p4_rows(fig, _summary(30, 0.42, 0.35, 0) | {"epochs_per_training": 12}, verify, timed=True)
+    cost, consumed, _, delta, tail, same, wall = fig.rows
+    assert cost.value.startswith("2.50× (30 / 12") and cost.passed is True and not cost.note  # moonshot is ≤ 2×
+    assert consumed.value.startswith("3.33× (40 epochs; 9 trials forked, 10 epochs shared)")
+    assert delta.value.startswith("+0.0867 ± 0.0088 SE") and delta.passed is True
+    assert tail.note == "within 2 SE" and same.passed is True and wall.passed is True
+    verify["winner"]["macro_f1"] = [0.41, 0.44, 0.45]  # verify did not reproduce the trial's score
+    fig = FigureResult("P4", "x")
+    fig_search.p4_rows(fig, _summary(30, 0.42, 0.35, 0) | {"epochs_per_training": 12}, verify, timed=False)
+    assert fig.rows[5].passed is False and fig.rows[6].passed is None
 
 
 def test_bare_timm_loop_runs_on_cpu():
@@ -155,22 +215,15 @@ def test_end_to_end_projection_uses_p1_p4_p6(tiny_demo):
     fig_cli.project_e2e(ctx, fig)
     assert not fig.rows  # nothing to project from yet
     ctx.shared.update({
-        "demo_search": {"scaled": True, "epochs_consumed": 50},
+        "demo_search": {"scaled": True, "epochs_consumed": 50, "epochs_trained": 40},  # 10 replayed from a prefix
         "p1": {"train_images": 10, "val_images": 5, "tune_time_this_iter_s": [9.0, 3.0, 3.0]},
         "p6_first": {"startup_s": 10.0},
     })
     fig_cli.project_e2e(ctx, fig)
     (row,) = fig.rows
     images = sum(1 for s in ("train", "val") for _ in open(layout_paths(tiny_demo)[f"{s}_meta"])) - 2
-    assert fig.raw["e2e_projection"]["seconds"] == 10.0 + 50 * 3.0 * images / 15
+    assert fig.raw["e2e_projection"]["seconds"] == 10.0 + 40 * 3.0 * images / 15  # epochs trained, not replayed
     assert row.passed == (fig.raw["e2e_projection"]["seconds"] <= 600)
-
-
-def test_ties_at_the_first_rung_are_counted():
-    results = {"a": [{"epoch": 1, "macro_f1": 0.1}, {"epoch": 2, "macro_f1": 0.3}],
-               "b": [{"epoch": 1, "macro_f1": 0.1}], "c": [{"epoch": 1, "macro_f1": 0.2}], "d": []}
-    assert fig_search._tied(results, 1, "macro_f1") == 2
-    assert fig_search._tied(results, 2, "macro_f1") == 0
 
 
 def test_prefix_ties_fall_as_the_rung_moves_past_the_shared_epochs():
