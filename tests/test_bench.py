@@ -224,14 +224,3 @@ def test_end_to_end_projection_uses_p1_p4_p6(tiny_demo):
     images = sum(1 for s in ("train", "val") for _ in open(layout_paths(tiny_demo)[f"{s}_meta"])) - 2
     assert fig.raw["e2e_projection"]["seconds"] == 10.0 + 40 * 3.0 * images / 15  # epochs trained, not replayed
     assert row.passed == (fig.raw["e2e_projection"]["seconds"] <= 600)
-
-
-def test_prefix_ties_fall_as_the_rung_moves_past_the_shared_epochs():
-    from bench.prefix_ties import demo_base, tied_fractions
-
-    base = demo_base(12)
-    stage = tied_fractions("stage_epochs", base, trials=12, seed=0)
-    assert len(stage) == 12 and stage[0] > 0.5  # epoch 0 (warmup, head only) is shared by nearly all
-    assert all(later <= earlier for earlier, later in zip(stage, stage[1:], strict=False))
-    assert stage[-1] < stage[0]
-    assert tied_fractions("augmentation", base, trials=12, seed=0) == [0.0] * 12  # knobs differ from epoch 0

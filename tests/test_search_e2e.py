@@ -267,3 +267,31 @@ def test_interrupted_search_resumes_and_completes(env, capsys):
     meta = json.loads((exp / META_FILE).read_text())
     assert [s["outcome"] for s in meta["sessions"]] == ["interrupted", "finished"]
     assert summary["wall_time_s"] == pytest.approx(sum(s["wall_time_s"] for s in meta["sessions"]), abs=0.01)
+
+
+def test_trials_that_share_their_first_epochs_start_from_an_earlier_trials_checkpoint(env, capsys):
+    """Prefix sharing (trainable.prefix), one trial at a time so that every earlier prefix is stored (the
+    focal space: its knobs act only from tail_focal_epoch, so trials share the epochs before it):
+    a forked trial reports the epochs it shares exactly as its donor did, then trains on."""
+    flags = tiny_flags(env["root"], env["storage"], "shared") + [
+        "--num-samples", "4", "--max-concurrent", "1", "--epochs", "3", "--grace-period", "2", "--space", "focal"]
+    assert search(flags) == 0, capsys.readouterr().out[-3000:]
+    exp = env["storage"] / "shared"
+    summary = json.loads((exp / SUMMARY_FILE).read_text())
+    rows = {p.name: [json.loads(line) for line in (p / "result.json").read_text().splitlines()]
+            for p in exp.glob("train_trial_*")}
+    forked = {name: r[-1]["prefix_epochs"] for name, r in rows.items() if r[-1].get("prefix_epochs")}
+    sharing = summary["prefix_sharing"]
+    assert sharing["enabled"] and sharing["trials_forked"] == len(forked) >= 1
+    assert sharing["epochs_shared"] == sum(forked.values())
+    assert summary["epochs_trained"] == summary["epochs_consumed"] - sharing["epochs_shared"]
+    assert all(1 <= k <= 2 for k in forked.values())  # never past the first rung
+    keys = ("epoch", "macro_f1", "val_loss", "train_loss", "lr", "stage", "train_time_s")
+    for name, k in forked.items():
+        replayed = [{key: row[key] for key in keys} for row in rows[name][:k]]
+        donors = [other for other, r in rows.items() if other != name
+                  and [{key: row[key] for key in keys} for row in r[:k]] == replayed]
+        assert donors, f"{name}: its first {k} reports match no other trial's"
+    assert not (exp / "prefixes").exists()  # the store goes when the search finishes
+    out = capsys.readouterr().out
+    assert f"Prefix sharing: {len(forked)} trials started from an earlier trial's checkpoint" in out

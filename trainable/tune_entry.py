@@ -25,6 +25,7 @@ in which a test can kill the worker with epoch N trained but not yet saved.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -61,8 +62,13 @@ class TrialDiverged(RuntimeError):
     """
 
 
-def train_trial(config: dict, data=None, base=None) -> None:
-    """Train one trial, restoring from Tune's checkpoint when Tune restarts it."""
+def train_trial(config: dict, data=None, base=None, prefix: dict | None = None) -> None:
+    """Train one trial, restoring from Tune's checkpoint when Tune restarts it.
+
+    `prefix` ({"dir": ..., "epochs": k}) turns on prefix sharing (trainable.prefix): a new trial
+    starts from the longest stored prefix it shares (up to k epochs) and replays its reports,
+    and stores its own epochs 1..k for the trials after it.
+    """
     if data is None:
         raise ValueError("train_trial needs the dataset: wrap it with tune.with_parameters(train_trial, data=...)")
     from trainable.loop import fit
@@ -74,12 +80,15 @@ def train_trial(config: dict, data=None, base=None) -> None:
     if (trial_dir / DIVERGED_MARKER).is_file():
         # A retry of a diverged trial would replay the same epochs into the same NaN.
         raise TrialDiverged((trial_dir / DIVERGED_MARKER).read_text().strip())
-    state = _restored_state()
+    sharing = _Sharing(cfg, prefix)
+    state = _restored_state(sharing)
+    if state is None:
+        state = sharing.fork()
     try:
         for result in fit(cfg, data, state=state, device=device):
             _maybe_inject_fault(result.epoch)
             _maybe_hold(result.epoch)
-            _report(result, data)
+            _report(result, data, sharing)
             _maybe_pause(result.epoch)
     except DivergedError as exc:
         message = f"diverged: {exc}"
@@ -136,17 +145,78 @@ def _set_threads() -> None:
         torch.set_num_threads(math.floor(cpus))
 
 
-def _restored_state() -> dict | None:
+class _Sharing:
+    """One trial's side of prefix sharing: where it forked (0: it did not) and what it reported."""
+
+    def __init__(self, cfg: TrainConfig, prefix: dict | None):
+        from trainable.prefix import PrefixStore
+
+        self.cfg = cfg
+        self.store = PrefixStore(prefix["dir"]) if prefix else None
+        self.upto = int(prefix["epochs"]) if prefix else 0
+        self.forked_at = 0
+        self.history: list[dict] = []
+
+    def fork(self) -> dict | None:
+        """Replay the longest stored prefix (each epoch with its stored checkpoint); its state, or None."""
+        found = self.store.longest(self.cfg, self.upto) if self.store else None
+        if found is None:
+            return None
+        from trainable.checkpoint import load_checkpoint
+
+        k, directory, history = found
+        self.forked_at = k
+        for metrics in history:
+            epoch = int(metrics["epoch"])
+            self.remember(metrics)
+            stored = self.store.path(self.cfg, epoch)
+            with tempfile.TemporaryDirectory(prefix="croptune-ckpt-") as copy:
+                if (stored / CHECKPOINT_FILE).is_file():  # a checkpoint on every replayed report: a pause keeps it
+                    _copy_checkpoint(stored, Path(copy), self.forked_at)
+                    tune.report(self.tagged(metrics), checkpoint=tune.Checkpoint.from_directory(copy))
+                else:
+                    tune.report(self.tagged(metrics))
+        return load_checkpoint(directory / CHECKPOINT_FILE)
+
+    def tagged(self, metrics: dict) -> dict:
+        return {**metrics, "prefix_epochs": self.forked_at}
+
+    def remember(self, metrics: dict) -> None:
+        self.history = [m for m in self.history if m["epoch"] < metrics["epoch"]] + [dict(metrics)]
+
+    def offer(self, epoch: int, directory: Path) -> None:
+        """Store epoch `epoch`'s checkpoint for later trials, if this run has every report before it."""
+        whole = [m["epoch"] for m in self.history] == list(range(1, epoch + 1))  # not after a restart
+        if self.store is not None and epoch <= self.upto and whole:
+            self.store.put(self.cfg, epoch, directory, self.history)
+
+
+PREFIX_FILE = "prefix.json"  # in a forked trial's checkpoints: the epoch it forked at
+
+
+def _copy_checkpoint(source: Path, target: Path, forked_at: int) -> None:
+    import shutil
+
+    for name in (CHECKPOINT_FILE, PREDICTIONS_FILE):
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
+    (target / PREFIX_FILE).write_text(json.dumps({"forked_at": forked_at}))
+
+
+def _restored_state(sharing: _Sharing | None = None) -> dict | None:
     from trainable.checkpoint import load_checkpoint
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
+        marker = Path(directory) / PREFIX_FILE
+        if sharing is not None and marker.is_file():
+            sharing.forked_at = int(json.loads(marker.read_text())["forked_at"])
         return load_checkpoint(Path(directory) / CHECKPOINT_FILE)
 
 
-def _report(result, data=None) -> None:
+def _report(result, data=None, sharing: _Sharing | None = None) -> None:
     numeric = {k: v for k, v in result.metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     missing = [k for k in REPORTED if k not in numeric]
     if missing:
@@ -158,6 +228,12 @@ def _report(result, data=None) -> None:
     with tempfile.TemporaryDirectory(prefix="croptune-ckpt-") as directory:
         save_checkpoint(result.state, Path(directory) / CHECKPOINT_FILE)
         _save_val_predictions(result, data, Path(directory) / PREDICTIONS_FILE)
+        if sharing is not None:
+            sharing.remember(metrics)
+            sharing.offer(result.epoch, Path(directory))  # before report: a stopped trial never returns from it
+            if sharing.forked_at:
+                (Path(directory) / PREFIX_FILE).write_text(json.dumps({"forked_at": sharing.forked_at}))
+                metrics = sharing.tagged(metrics)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
 

@@ -40,6 +40,7 @@ DEFAULTS = {
     "keep_checkpoints": 2,
     "address": None,
     "sampler": "tpe",
+    "share_prefix": True,
 }
 # The demo search: 12 trials of the 12-epoch demo recipe cost ~2.8 full trainings with
 # successive halving at rf 4 (tuner.scheduler; bench P4), a few minutes on 2 CPU cores.
@@ -84,6 +85,7 @@ class SearchSettings:
     gpus_per_trial: float | None = None
     address: str | None = None
     sampler: str = "tpe"           # tuner.searcher.build_sampler: tpe or random
+    share_prefix: bool = True      # trainable.prefix: trials start from a shared prefix's checkpoint
     resume: bool = False
     explicit: set = field(default_factory=set)  # flags the user gave (for messages and hooks)
     namespace: argparse.Namespace | None = None  # the parsed command line (for tracking hooks)
@@ -121,8 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=S,
                    help="seeds the TPE sampler and every trial's training (default: TrainConfig seed, 42)")
     s.add_argument("--grace-period", type=int, default=S, metavar="EPOCHS",
-                   help="ASHA: epochs every trial runs before it is first ranked (default: warmup epochs + 1, "
-                        "at least epochs/10; 1 for --demo)")
+                   help="ASHA: epochs every trial runs before it is first ranked (default: the first epoch at "
+                        "which the space's trials have diverged (tuner.rungs), at least warmup epochs + 1 and "
+                        "epochs/10)")
+    s.add_argument("--share-prefix", action=argparse.BooleanOptionalAction, default=S,
+                   help="a trial whose first k epochs equal an earlier trial's (same knobs, seed and schedule "
+                        "so far) starts from that trial's epoch-k checkpoint instead of training them again "
+                        "(default on)")
     s.add_argument("--reduction-factor", type=int, default=S, metavar="K",
                    help=f"ASHA: the top 1/K at each rung go on, the rest wait paused or stop "
                         f"(default {DEFAULTS['reduction_factor']})")
@@ -200,7 +207,8 @@ def parse_settings(argv: list[str] | None) -> SearchSettings:
         keep_checkpoints=opts["keep_checkpoints"], seed=seed, base=base,
         max_concurrent=opts["max_concurrent"], time_budget_s=parse_duration(opts["time_budget"]),
         cpus_per_trial=opts["cpus_per_trial"], gpus_per_trial=opts["gpus_per_trial"],
-        address=opts["address"], sampler=opts["sampler"], explicit=given, namespace=ns,
+        address=opts["address"], sampler=opts["sampler"], share_prefix=opts["share_prefix"],
+        explicit=given, namespace=ns,
     )
     check_settings(settings)
     return settings
@@ -226,7 +234,7 @@ def _resume_settings(ns: argparse.Namespace, given: set) -> SearchSettings:
         cpus_per_trial=getattr(ns, "cpus_per_trial", meta.get("cpus_per_trial")),
         gpus_per_trial=getattr(ns, "gpus_per_trial", meta.get("gpus_per_trial")),
         address=getattr(ns, "address", None), resume=True, explicit=given, namespace=ns,
-        sampler=meta.get("sampler", "tpe"),
+        sampler=meta.get("sampler", "tpe"), share_prefix=meta.get("share_prefix", False),
     )
     check_settings(settings)
     return settings

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -39,6 +40,7 @@ from tuner.summary import build_summary, format_report, trial_records
 TIME_ATTR = "epoch"
 INTERRUPTED_EXIT = 130
 NO_RESULT_EXIT = 1  # the search ran but no trial reported a score: nothing to export
+PREFIX_DIR = "prefixes"  # trainable.prefix's store, in the experiment directory; removed when the search finishes
 # Ray prestarts one idle worker per CPU at start-up. Tune creates every trial actor with a
 # runtime_env of its own (env var PL_DISABLE_FORK, ray.tune.execution.class_cache), and a worker
 # serves only tasks/actors of its own runtime env, so those workers never run a trial: each
@@ -67,6 +69,8 @@ def run_search(settings, hooks=None) -> int:
     prepare_search(settings, hooks)  # UserError -> exit 2, nothing written
     if settings.resume:
         check_checkpoints(settings)
+    else:
+        place_first_rung(settings)
     started = time.time()
     from trainable.data import load_data
 
@@ -121,6 +125,7 @@ def run_search(settings, hooks=None) -> int:
                 if owns_dir else time.time() - started)
         try:
             if outcome == "finished":
+                shutil.rmtree(prefix_dir(settings), ignore_errors=True)  # nothing resumes a finished search
                 context.summary = build_summary(settings, records, wall)
                 write_json_atomic(experiment_dir(settings.storage_path, settings.name) / "search_summary.json",
                                   context.summary)
@@ -225,13 +230,39 @@ def connect(settings) -> bool:
     return True
 
 
-def wrapped_trainable(data, base: TrainConfig, per_trial: dict):
-    """The trainable exactly as the search runs it; pass the same to Tuner.restore."""
+def place_first_rung(settings) -> None:
+    """The default grace period: where the space's trials have diverged (tuner.rungs), not before warmup ends."""
+    if "grace_period" in settings.explicit:
+        return
+    from tuner.cli import default_grace
+    from tuner.rungs import TIE_LIMIT, first_ranking_epoch
+
+    diverged = first_ranking_epoch(settings.space, settings.base, settings.num_samples)
+    floor = default_grace(settings.base)
+    settings.grace_period = max(floor, diverged)
+    why = (f"before it more than {TIE_LIMIT:.0%} of this space's trials compute the same epochs as another, "
+           f"so a rung could not rank them" if diverged > floor else "the first epoch after warmup")
+    print(f"First rung at epoch {settings.grace_period} of {settings.base.epochs}: {why} "
+          f"(--grace-period N to choose)", flush=True)
+
+
+def prefix_dir(settings) -> str:
+    return str(experiment_dir(settings.storage_path, settings.name) / PREFIX_DIR)
+
+
+def wrapped_trainable(data, base: TrainConfig, per_trial: dict, settings=None):
+    """The trainable exactly as the search runs it; pass the same to Tuner.restore.
+
+    With settings.share_prefix, trials share their first epochs up to the first rung (trainable.prefix)."""
     from ray import tune
 
     from trainable.tune_entry import train_trial
 
-    return tune.with_resources(tune.with_parameters(train_trial, data=data, base=base.to_dict()), per_trial)
+    prefix = None
+    if settings is not None and settings.share_prefix:
+        prefix = {"dir": prefix_dir(settings), "epochs": min(settings.grace_period, base.epochs - 1)}
+    return tune.with_resources(tune.with_parameters(train_trial, data=data, base=base.to_dict(), prefix=prefix),
+                               per_trial)
 
 
 def build_searcher(settings):
@@ -250,7 +281,7 @@ def build_tuner(settings, data, context: SearchContext, hooks):
 
     from tuner.scheduler import PromotingASHA, RungLimiter
 
-    trainable = wrapped_trainable(data, settings.base, context.resources.per_trial)
+    trainable = wrapped_trainable(data, settings.base, context.resources.per_trial, settings)
     callbacks = [cb for hook in hooks for cb in hook.callbacks(context)]
     path = context.experiment_path
     if settings.resume:
@@ -283,7 +314,8 @@ def build_tuner(settings, data, context: SearchContext, hooks):
                                                 checkpoint_score_order=settings.mode))
     plan = context.resources
     write_meta(settings, extra={"data": context.data_info,
-                                "sampler": settings.sampler, "resources": {"per_trial": plan.per_trial, "max_concurrent": plan.max_concurrent,
+                                "sampler": settings.sampler, "share_prefix": settings.share_prefix,
+                                "resources": {"per_trial": plan.per_trial, "max_concurrent": plan.max_concurrent,
                                               "accelerator": plan.accelerator}})
     return tune.Tuner(trainable, param_space={}, tune_config=tune_config, run_config=run_config)
 

@@ -8,6 +8,9 @@ A trial counts as
 The best trial is the best final score among completed trials, as in Optuna (pruned trials
 have no final score); only when no trial completed is it the best last score of any trial.
 
+`epochs_consumed` counts every trial's epochs; `epochs_trained` leaves out those a trial took from
+an earlier trial's prefix (trainable.prefix), which it reports but does not compute.
+
 Also reported: how many trials tie on the metric at the first rung (`first_rung_ties`: a rung
 cannot rank trials that score the same there), and the winner against trial 0, the seed
 recipe's point that the search evaluates first (`seed_trial`), on the same budget.
@@ -26,8 +29,8 @@ from pathlib import Path
 from trainable.config import TrainConfig
 
 SUMMARY_KEYS = ("experiment", "storage_path", "space", "metric", "mode", "best_trial_id", "best_value",
-                "best_config", "num_trials", "num_stopped_early", "num_failed", "epochs_consumed", "wall_time_s",
-                "sampler", "first_rung_ties", "seed_trial")
+                "best_config", "num_trials", "num_stopped_early", "num_failed", "epochs_consumed", "epochs_trained",
+                "prefix_sharing", "wall_time_s", "sampler", "first_rung_ties", "seed_trial")
 
 
 @dataclass
@@ -41,6 +44,7 @@ class TrialRecord:
     error: str | None      # one line, for failed trials
     scores: dict = field(default_factory=dict)  # epoch -> the metric reported at that epoch
     number: int | None = None  # creation order: 0 is the first trial (the seed recipe's point)
+    shared_epochs: int = 0     # epochs it started from an earlier trial's prefix (trainable.prefix)
 
     @property
     def failed(self) -> bool:
@@ -77,6 +81,7 @@ def trial_records(trials, base: TrainConfig, metric: str) -> list[TrialRecord]:
             value=float(value) if value is not None else None,
             error=_error_line(trial) if trial.status == "ERROR" else None,
             scores=_epoch_scores(trial, metric), number=trial_number(trial, index),
+            shared_epochs=int(last.get("prefix_epochs", 0) or 0),
         ))
     return records
 
@@ -185,6 +190,10 @@ def build_summary(settings, records: list[TrialRecord], wall_time_s: float) -> d
         "num_stopped_early": sum(r.stopped_early for r in records),
         "num_failed": sum(r.failed for r in records),
         "epochs_consumed": sum(r.epochs_done for r in records),
+        "epochs_trained": sum(r.epochs_done - r.shared_epochs for r in records),
+        "prefix_sharing": {"enabled": bool(getattr(settings, "share_prefix", False)),
+                           "trials_forked": sum(r.shared_epochs > 0 for r in records),
+                           "epochs_shared": sum(r.shared_epochs for r in records)},
         "wall_time_s": round(float(wall_time_s), 3),
         "sampler": getattr(settings, "sampler", "tpe"),
         "first_rung_ties": (first_rung_ties(records, settings.grace_period)
@@ -206,6 +215,11 @@ def format_report(summary: dict, records: list[TrialRecord], base: TrainConfig,
         f"{completed} completed, {summary['num_stopped_early']} stopped early, {failed}; "
         f"{summary['epochs_consumed']} epochs in total; wall time {format_seconds(summary['wall_time_s'])}.",
     ]
+    sharing = summary.get("prefix_sharing") or {}
+    if sharing.get("epochs_shared"):
+        lines.append(f"Prefix sharing: {sharing['trials_forked']} trials started from an earlier trial's checkpoint, "
+                     f"so {summary['epochs_trained']} of the {summary['epochs_consumed']} epochs were trained "
+                     f"({sharing['epochs_shared']} shared).")
     best = next((r for r in records if r.trial_id == summary["best_trial_id"]), None)
     if best is None:
         lines.append(f"No trial reported a score: nothing to export ({_why_no_score(records, time_budget_s)}).")
