@@ -131,7 +131,7 @@ PROFILES: dict[str, dict] = {
 def demo_root() -> Path:
     import io
 
-    from trainable.demo_data import ensure_demo_dataset
+    from trainable.data.demo.dataset import ensure_demo_dataset
 
     with contextlib.redirect_stdout(io.StringIO()):  # its "demo data: PATH" line
         return ensure_demo_dataset(seed=0)
@@ -144,7 +144,7 @@ def bench_dataset(spec: dict | None) -> dict:
     bench/.work/data/), so its decode cache is keyed by exactly those files and is reused by
     later bench runs.
     """
-    from trainable.demo_data import DEMO_VERSION, layout_paths
+    from trainable.data.demo.dataset import DEMO_VERSION, layout_paths
 
     root = demo_root()
     paths = layout_paths(root)
@@ -152,7 +152,7 @@ def bench_dataset(spec: dict | None) -> dict:
         return paths
     import numpy as np
 
-    from trainable.metadata import class_counts, compute_class_weights, write_csv_atomic
+    from trainable.data.metadata import class_counts, compute_class_weights, write_csv_atomic
 
     fraction, val_per_class = float(spec["fraction"]), int(spec["val_per_class"])
     repeat = int(spec.get("repeat", 1))  # list every train image this many times (GPU epochs)
@@ -210,7 +210,7 @@ def config_flags(paths: dict, size: tuple[int, int] | None, epochs: int | None =
 
 def train_config(paths: dict, size: tuple[int, int] | None, epochs: int | None = None, **extra):
     """The TrainConfig that `python -m trainable <config_flags(...)>` would train (demo recipe)."""
-    from trainable.__main__ import build_parser
+    from trainable.cli import build_parser
     from trainable.cli_config import resolve_config
 
     ns = build_parser().parse_args(config_flags(paths, size, epochs))

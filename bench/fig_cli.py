@@ -100,7 +100,7 @@ def _first_results(experiment: Path) -> list[dict]:
 def _dataset_mib(prof: dict) -> float:
     """Size of the decoded train + val arrays the trials share."""
     from bench.common import train_config
-    from trainable.data import load_data
+    from trainable.data.dataset import load_data
 
     cfg = train_config(bench_dataset(prof["data"]), prof["size"], 1)
     data = load_data(cfg, progress=False)
@@ -110,7 +110,7 @@ def _dataset_mib(prof: dict) -> float:
 TRIAL_PROCESS = "ray::ImplicitFu"  # a Tune function-trainable worker, as /proc/<pid>/comm shows it
 DRIVER_PROCESS = "python run_search.py"
 # What a trial worker imports before it trains (torch, timm, scikit-learn, Ray Tune's pandas).
-TRIAL_IMPORTS = "import trainable.tune_entry, trainable.loop, ray.tune"
+TRIAL_IMPORTS = "import trainable.tune_entry, trainable.train.loop, ray.tune"
 
 
 def _import_floor_mib() -> float:
@@ -315,13 +315,13 @@ def project_e2e(ctx: Context, fig: FigureResult) -> None:
         fig.add("demo search end to end", "not measured (needs P1, P4, P6 at demo size; or --full)", "≤ 10 min")
         return
     from bench.common import demo_root
-    from trainable.demo_data import layout_paths
+    from trainable.data.demo.dataset import layout_paths
 
     paths = layout_paths(demo_root())
     demo_images = sum(sum(1 for _ in open(paths[f"{s}_meta"])) - 1 for s in ("train", "val"))
     loop_images = p1["train_images"] + p1["val_images"]
     epoch_s = median(p1["tune_time_this_iter_s"][1:]) * demo_images / loop_images
-    # epochs replayed from a shared prefix (trainable.prefix) cost a checkpoint load, not an epoch
+    # epochs replayed from a shared prefix (trainable.train.prefix) cost a checkpoint load, not an epoch
     epochs = search.get("epochs_trained", search["epochs_consumed"])
     projected = first["startup_s"] + epochs * epoch_s
     fig.raw["e2e_projection"] = {"startup_s": first["startup_s"], "epochs": epochs,

@@ -95,7 +95,7 @@ def bare_timm(*, steps: int, benchmark: bool, device: str = "cuda", model: str =
 def trial_flags(ctx: Context, images: int, epochs: int, device_flags: list[str], *, model: str = MODEL,
                 size: int = SIZE, batch: int = BATCH) -> list[str]:
     from bench.common import demo_root
-    from trainable.demo_data import layout_paths
+    from trainable.data.demo.dataset import layout_paths
 
     train_count = sum(1 for _ in open(layout_paths(demo_root())["train_meta"])) - 1
     repeat = max(1, -(-images // train_count))

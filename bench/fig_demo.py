@@ -17,7 +17,7 @@ GOAL = (50.0, 95.0)  # % validation accuracy at the end of the demo run
 
 
 def run(ctx: Context) -> FigureResult:
-    from trainable.checkpoint import load_checkpoint
+    from trainable.train.checkpoint import load_checkpoint
 
     fig = FigureResult("D1", "the demo run")
     quick = ctx.mode == "quick"

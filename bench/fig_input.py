@@ -4,7 +4,7 @@ Both pipelines read the same image files, produce the same output size and apply
 augmentation (random resized crop with area 0.25-1 and ratio 3/4-4/3, horizontal and vertical
 flip, brightness/contrast/saturation jitter 0.3, ImageNet normalisation):
 
-- croptune: the split decoded once into the cache (trainable.data.load_data, a memory map),
+- croptune: the split decoded once into the cache (trainable.data.dataset.load_data, a memory map),
   then per batch the loop's own `_gather` (index the map, copy to a tensor) and
   `augment.train_augment` (uint8 crop + antialiased resize per sample, fused colour step);
 - seed-style: `PIL.Image.open(path).convert("RGB")` + torchvision RandomResizedCrop,
@@ -104,7 +104,7 @@ def _spread(result: dict) -> str:
 
 # ---------------------------------------------------------------------------------- pipelines
 def _compare(ctx: Context, fig: FigureResult, cfg, images: int | None, batch: int, label: str) -> dict:
-    from trainable.data import load_data
+    from trainable.data.dataset import load_data
 
     data = load_data(cfg, progress=False)
     split = data.train
@@ -155,8 +155,8 @@ def _cpu_cost(split, files: list[str], size: int, batch: int, batches: int) -> d
     import torch
     from torch.utils.data import default_collate
 
-    from trainable.augment import train_augment
-    from trainable.loop import _gather
+    from trainable.train.augment import train_augment
+    from trainable.train.loop import _gather
 
     dataset = _SeedDataset(files, split.labels, seed_transform(size))
     rng, generator = np.random.default_rng(0), torch.Generator().manual_seed(0)
@@ -195,9 +195,9 @@ def _one_thread(run):
 def _ours(split, count: int, size: int, batch: int, passes: int = 1, device: str = "cpu") -> dict:
     import torch
 
-    from trainable.augment import train_augment
-    from trainable.loop import _gather
-    from trainable.sampler import epoch_order
+    from trainable.train.augment import train_augment
+    from trainable.train.loop import _gather
+    from trainable.train.sampler import epoch_order
 
     generator = torch.Generator().manual_seed(0)
     order = np.concatenate([epoch_order(split.labels[:count], False, generator).numpy() for _ in range(passes)])
@@ -245,7 +245,7 @@ class _SeedDataset:
 def seed_transform(size: int):
     from torchvision import transforms as T
 
-    from trainable.augment import CROP_RATIO, FULL_SCALE, IMAGENET_MEAN, IMAGENET_STD, JITTER
+    from trainable.train.augment import CROP_RATIO, FULL_SCALE, IMAGENET_MEAN, IMAGENET_STD, JITTER
 
     return T.Compose([
         T.RandomResizedCrop(size, scale=FULL_SCALE, ratio=CROP_RATIO),
@@ -282,7 +282,7 @@ def _seed_style(files: list[str], labels: np.ndarray, size: int, batch: int, wor
 def _jpeg_variant(ctx: Context, fig: FigureResult, count: int, batch: int) -> dict:
     """Seed-sized inputs: 384 px JPEG photos (demo leaves upscaled, with sensor-like noise)."""
     from trainable.config import TrainConfig
-    from trainable.demo_data import layout_paths
+    from trainable.data.demo.dataset import layout_paths
 
     root = _jpeg_dataset(count)
     paths = layout_paths(root)
@@ -295,8 +295,8 @@ def _jpeg_dataset(count: int) -> Path:
     from PIL import Image
 
     from bench.common import WORK, demo_root
-    from trainable.demo_data import layout_paths
-    from trainable.metadata import write_csv_atomic
+    from trainable.data.demo.dataset import layout_paths
+    from trainable.data.metadata import write_csv_atomic
 
     root = WORK / "data" / f"jpeg384-{count}"
     paths = layout_paths(root)
@@ -327,7 +327,7 @@ def _jpeg_dataset(count: int) -> Path:
 
 def _cold_decode(cfg) -> dict:
     """load_data into an empty cache dir: the decode a first run pays once."""
-    from trainable.data import load_data
+    from trainable.data.dataset import load_data
 
     tmp = tempfile.mkdtemp(prefix="croptune-bench-cache-")
     saved = os.environ.get("CROPTUNE_CACHE_DIR")
@@ -359,7 +359,7 @@ def _loop_wait(ctx: Context, fig: FigureResult) -> dict | None:
     cfg, data = loop_setup(ctx)
     import torch
 
-    from trainable.augment import train_augment
+    from trainable.train.augment import train_augment
 
     generator = torch.Generator().manual_seed(1)
     batch = torch.from_numpy(np.array(data.train.images[:cfg.batch_size]))  # a writable copy

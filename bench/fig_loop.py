@@ -39,7 +39,7 @@ from bench.common import (
 def loop_setup(ctx: Context):
     """(cfg, data) of the loop figures, loaded once per run."""
     def load():
-        from trainable.data import load_data
+        from trainable.data.dataset import load_data
 
         prof = ctx.profile["loop"]
         paths = bench_dataset(prof["data"])
@@ -50,7 +50,7 @@ def loop_setup(ctx: Context):
 
 
 def bare_fit(cfg, data) -> dict:
-    from trainable.loop import fit
+    from trainable.train.loop import fit
 
     walls, metrics = [], []
     last = time.perf_counter()

@@ -6,7 +6,7 @@ Ray session, without tracking hooks, on flags parsed by `tuner.cli.parse_setting
 - ASHA + TPE: `run_search.py --space stage_epochs` with its defaults and nothing else: TPE, the
   seed recipe as the first trial, tuner.scheduler.PromotingASHA on `epoch` with the first rung
   placed automatically (tuner.rungs: the first epoch where the space's sampled trials stop
-  computing the same epochs), prefix sharing on (trainable.prefix: a trial whose first k epochs
+  computing the same epochs), prefix sharing on (trainable.train.prefix: a trial whose first k epochs
   equal an earlier trial's starts from that trial's epoch-k checkpoint and replays its reports);
 - FIFO random: the same command with `--sampler random --grace-period EPOCHS --no-share-prefix`:
   Optuna's RandomSampler (same space, same seed point first), no rung below the last epoch (so

@@ -1,6 +1,6 @@
 """`python -m bench.micro_augment`: where train_augment's CPU time goes, step by step.
 
-Times trainable.augment.train_augment and its steps on one uint8 batch (the demo's 72 -> 64
+Times trainable.train.augment.train_augment and its steps on one uint8 batch (the demo's 72 -> 64
 px and the seed's 256 -> 224 px), with 1 torch thread and with all of them, next to the
 previous implementation (one affine_grid/grid_sample over the float batch + colour jitter as
 whole-batch broadcasts; kept below as `grid_sample_augment`). The variants run interleaved,
@@ -24,7 +24,7 @@ def grid_sample_augment(images, out_size: int, generator):
     import torch
     import torch.nn.functional as F
 
-    from trainable.augment import _LUMA, CROP_RATIO, FULL_SCALE, IMAGENET_MEAN, IMAGENET_STD, JITTER
+    from trainable.train.augment import _LUMA, CROP_RATIO, FULL_SCALE, IMAGENET_MEAN, IMAGENET_STD, JITTER
 
     x = images.permute(0, 3, 1, 2).float().div_(255.0)
     n = x.shape[0]
@@ -80,7 +80,7 @@ def _interleaved(variants: dict, rounds: int) -> dict:
 def profile(cache: int, out: int, batch: int, threads: int, rounds: int) -> dict:
     import torch
 
-    from trainable import augment
+    from trainable.train import augment
 
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)

@@ -1,6 +1,6 @@
 """Where can a rung rank a space's trials? `python -m bench.prefix_ties [--space stage_epochs] [--epochs 12]`
 
-Two trials whose prefix keys (trainable.prefix: seed, knobs, plan() and the late knobs it switches on)
+Two trials whose prefix keys (trainable.train.prefix: seed, knobs, plan() and the late knobs it switches on)
 are equal at epoch r have equal states there, so a rung at r cannot rank them. This samples --trials
 configurations of a space as a search starts (the seed point, then Optuna's RandomSampler; --seeds
 sampler seeds) on the demo's base config and prints, per rung epoch r, the fraction of trials tied

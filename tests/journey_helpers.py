@@ -27,7 +27,7 @@ VAL_PER_CLASS = 2
 # What keeps a run small; every other flag stays at the user's default (--num-workers 4,
 # batch size 32, warmup 5, the seed's schedule rescaled, device auto, default paths and names).
 # 96/112 px, not 32: from 96 px the batched augmentation runs on its thread pool, as at the
-# default 224/256 (trainable.augment._POOL_MIN_SIZE), and on 82 images it costs no more.
+# default 224/256 (trainable.train.augment._POOL_MIN_SIZE), and on 82 images it costs no more.
 SMALL = ["--backbone", "test_resnet", "--no-pretrained", "--image-size", "96", "--progressive-image-size", "112"]
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainable import augment
-from trainable.augment import (
+from trainable.train import augment
+from trainable.train.augment import (
     _LUMA,
     FULL_SCALE,
     IMAGENET_MEAN,

@@ -14,7 +14,7 @@ import bench.common as common
 from bench import fig_cuda, fig_demo, fig_input, fig_search
 from bench.common import FigureResult, Row
 from bench.run import build_parser, select, table
-from trainable.demo_data import layout_paths, write_synthetic_dataset
+from trainable.data.demo.dataset import layout_paths, write_synthetic_dataset
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def test_cli_selects_figures_and_rejects_unknown_ids():
 def test_demo_figure_runs_the_user_command_and_reads_its_checkpoint(tmp_path, monkeypatch, croptune_cache):
     """D1 runs `python -m trainable --demo` as a subprocess; here the demo dataset it finds in
     the cache is a tiny one, and --quick trains 2 epochs (a row without a verdict)."""
-    from trainable.demo_data import DEMO_VERSION
+    from trainable.data.demo.dataset import DEMO_VERSION
 
     write_synthetic_dataset(croptune_cache / f"demo-{DEMO_VERSION}-seed0", seed=0, max_per_class=3,
                             min_per_class=1, val_per_class=1, image_size=24)
@@ -79,7 +79,7 @@ def test_bench_dataset_keeps_every_class_and_the_long_tail(tiny_demo):
 
 
 def test_input_pipelines_run_on_the_same_files(tiny_demo):
-    from trainable.data import load_data
+    from trainable.data.dataset import load_data
 
     cfg = common.train_config(common.bench_dataset(None), (16, 20))
     data = load_data(cfg, progress=False)

@@ -199,7 +199,7 @@ def test_config_that_is_a_directory_binary_or_asks_to_resume(tmp_path):
 @pytest.mark.parametrize("command", ["trainable", "retrain"])
 def test_flags_are_never_abbreviated(command, capsys):
     if command == "trainable":
-        from trainable.__main__ import build_parser
+        from trainable.cli import build_parser
     else:
         from tuner.retrain import build_parser
     for argv in (["--mode", "multitask"], ["--epoch", "3"], ["--overwr"]):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainable import image_cache
 from trainable.config import TrainConfig
-from trainable.data import cache_size, load_data, validate_data
+from trainable.data import image_cache
+from trainable.data.dataset import cache_size, load_data, validate_data
 from trainable.errors import UserError
 
 SIZE = 16

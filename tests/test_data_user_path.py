@@ -12,7 +12,7 @@ from PIL import Image
 
 from tests.test_data import cached_files, make_dataset
 from trainable.config import TrainConfig
-from trainable.data import load_data, validate_data
+from trainable.data.dataset import load_data, validate_data
 from trainable.errors import UserError
 
 DEFAULT_WORKERS = TrainConfig().num_workers
@@ -55,7 +55,7 @@ def test_a_damaged_cached_array_is_rebuilt(tmp_path, croptune_cache, keep):
 
 
 def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
-    from trainable.image_cache import decode_image
+    from trainable.data.image_cache import decode_image
 
     ramp = np.tile(np.linspace(0, 65535, 64).round().astype(np.uint16), (64, 1))  # black to white
     Image.fromarray(ramp).save(tmp_path / "ramp16.png")
@@ -96,7 +96,7 @@ def test_only_the_default_class_weights_path_may_be_absent(tmp_path, monkeypatch
 
 
 def test_train_cli_names_a_missing_class_weights_file(tmp_path, cli_in_process):
-    from trainable.__main__ import main
+    from trainable.cli import main
 
     cfg = make_dataset(tmp_path / "d")
     save = tmp_path / "run"
@@ -218,7 +218,7 @@ def test_read_only_cache_dir_is_one_line_unless_already_warm(tmp_path, monkeypat
 
 
 def test_train_cli_with_an_unusable_cache_dir_writes_nothing(tmp_path, monkeypatch, cli_in_process):
-    from trainable.__main__ import main
+    from trainable.cli import main
 
     cfg = make_dataset(tmp_path / "d")
     bad = _cache_is_a_file(tmp_path, monkeypatch)
@@ -251,7 +251,7 @@ def test_search_with_an_unusable_cache_dir_stops_before_ray(tmp_path, monkeypatc
 
 
 def test_a_typed_class_weights_path_with_the_default_ending_must_exist_too(tmp_path, cli_in_process):
-    from trainable.__main__ import main
+    from trainable.cli import main
 
     cfg = make_dataset(tmp_path / "d")
     typed = tmp_path / "elsewhere" / "data" / "cleaned" / "metadata" / "class_weights.csv"  # a wrong root

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainable import demo_data, taxonomy
 from trainable.config import TrainConfig
-from trainable.data import load_data
+from trainable.data import taxonomy
+from trainable.data.dataset import load_data
+from trainable.data.demo import dataset as demo_data
 from trainable.errors import UserError
 
 TINY = {"max_per_class": 3, "min_per_class": 1, "val_per_class": 1, "image_size": 24}

@@ -8,12 +8,12 @@ import torch
 from safetensors.torch import load_file
 
 from trainable.cli_config import DEMO_BACKBONE, add_config_arguments, resolve_config
-from trainable.data import load_data
-from trainable.demo_data import layout_paths, write_synthetic_dataset
-from trainable.demo_pretrain import main
+from trainable.data.dataset import load_data
+from trainable.data.demo.dataset import layout_paths, write_synthetic_dataset
+from trainable.data.demo.pretrain import main
 from trainable.errors import run_cli
-from trainable.loop import fit
-from trainable.models import build_model
+from trainable.model.networks import build_model
+from trainable.train.loop import fit
 
 TOY = ["--per-class", "2", "--epochs", "1", "--image-size", "32", "--batch-size", "16"]
 

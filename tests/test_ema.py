@@ -12,13 +12,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from trainable.__main__ import format_epoch
+from trainable.cli import format_epoch
 from trainable.cli_config import add_config_arguments, resolve_config
 from trainable.config import TrainConfig
-from trainable.data import load_data
-from trainable.ema import ModelEMA
-from trainable.loop import fit
-from trainable.models import build_model
+from trainable.data.dataset import load_data
+from trainable.model.ema import ModelEMA
+from trainable.model.networks import build_model
+from trainable.train.loop import fit
 
 
 def tiny():

@@ -56,10 +56,10 @@ from test_search_e2e import EPOCHS, tiny_flags
 from test_train_cli_bad_input import corrupt_first_image, delete_first_image, edit_train_csv, replace_row
 
 import search_spaces
-from trainable.checkpoint import load_checkpoint
 from trainable.config import TrainConfig
-from trainable.demo_data import layout_paths, write_synthetic_dataset
+from trainable.data.demo.dataset import layout_paths, write_synthetic_dataset
 from trainable.errors import UserError
+from trainable.train.checkpoint import load_checkpoint
 from trainable.tune_entry import CHECKPOINT_FILE, FAULT_DIR_ENV
 from tuner.experiment import BASE_CONFIG_FILE, META_FILE, SUMMARY_FILE, load_study
 
@@ -330,7 +330,7 @@ def test_kill_mid_checkpoint_write_keeps_the_last_good_one(dataset, tmp_path, ca
         load_checkpoint(partial)
 
     # `python -m trainable --resume save/last.pth`, in this process (torch is already imported here)
-    from trainable.__main__ import main as train_main
+    from trainable.cli import main as train_main
     from trainable.errors import run_cli
 
     capsys.readouterr()

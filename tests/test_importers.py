@@ -13,16 +13,16 @@ import pytest
 from PIL import Image
 
 from trainable.config import TrainConfig
-from trainable.data import load_data
+from trainable.data.dataset import load_data
+from trainable.data.importers import main
 from trainable.errors import run_cli
-from trainable.importers import main
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def importer(*args) -> subprocess.CompletedProcess:
-    """The real command line: `python -m trainable.importers ARGS`."""
-    return subprocess.run([sys.executable, "-m", "trainable.importers", *map(str, args)], cwd=REPO,
+    """The real command line: `python -m trainable.data.importers ARGS`."""
+    return subprocess.run([sys.executable, "-m", "trainable.data.importers", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
 
 

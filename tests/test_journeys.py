@@ -44,7 +44,7 @@ from journey_helpers import (
     write_seed_dataset,
 )
 
-from trainable.checkpoint import load_checkpoint
+from trainable.train.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainable.losses import CenterLoss, mixed_loss, per_sample_loss, tail_classes
+from trainable.model.losses import CenterLoss, mixed_loss, per_sample_loss, tail_classes
 
 LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]])
 TARGETS = torch.tensor([0, 1])

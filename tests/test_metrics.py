@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainable.metrics import classification_metrics, confusion
+from trainable.train.metrics import classification_metrics, confusion
 
 
 def test_hand_computed():

@@ -10,10 +10,10 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from trainable import models
 from trainable.config import TrainConfig
 from trainable.errors import UserError
-from trainable.models import build_model
+from trainable.model import networks as models
+from trainable.model.networks import build_model
 
 
 def make(backbone="test_resnet", **kw):

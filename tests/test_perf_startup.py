@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 from test_search_e2e import tiny_flags
 
-from trainable.demo_data import write_synthetic_dataset
+from trainable.data.demo.dataset import write_synthetic_dataset
 from trainable.errors import UserError
 from tuner.cli import parse_settings
 from tuner.prepare import prepare_search
@@ -65,7 +65,7 @@ def test_model_check_errors_come_from_the_child_in_the_usual_order(dataset, tmp_
 
 def test_trial_modules_leave_out_the_driver_only_ones(tmp_path):
     code = ("import json, sys\n"
-            "import trainable.tune_entry, trainable.loop\n"
+            "import trainable.tune_entry, trainable.train.loop\n"
             "print(json.dumps(sorted(m for m in ('mlflow', 'optuna', 'matplotlib', 'tensorboardX', 'tuner')"
             " if m in sys.modules)))")
     assert json.loads(_python(code, tmp_path)) == []
@@ -78,7 +78,7 @@ def test_split_images_pickle_out_of_band(dataset):
 
     import numpy as np
 
-    from trainable.data import load_data
+    from trainable.data.dataset import load_data
 
     data = load_data(parse_settings(tiny_flags(dataset, Path("unused"), "perf")).base, progress=False)
     assert isinstance(data.train.images, np.memmap)
@@ -109,7 +109,7 @@ def test_local_ray_has_no_idle_workers_and_shares_the_data(dataset):
     import numpy as np
     import ray
 
-    from trainable.data import load_data
+    from trainable.data.dataset import load_data
     from tuner.search import connect
 
     if ray.is_initialized():

@@ -1,4 +1,4 @@
-"""Prefix sharing (trainable.prefix): the key names a state exactly, and a forked run equals a run from scratch."""
+"""Prefix sharing (trainable.train.prefix): the key names a state exactly, and a forked run equals a run from scratch."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from trainable.checkpoint import load_checkpoint, save_checkpoint
 from trainable.config import TrainConfig
-from trainable.demo_data import layout_paths, write_synthetic_dataset
-from trainable.prefix import PrefixStore, prefix_key, shared_prefix
+from trainable.data.demo.dataset import layout_paths, write_synthetic_dataset
+from trainable.train.checkpoint import load_checkpoint, save_checkpoint
+from trainable.train.prefix import PrefixStore, prefix_key, shared_prefix
 
 EPOCHS = 4
 # A config whose switch-points all fall inside 4 epochs, so a late knob and a switch both act.
@@ -49,13 +49,13 @@ def data_root(tmp_path_factory):
 
 
 def run(cfg: TrainConfig, data, state=None) -> list[dict]:
-    from trainable.loop import fit
+    from trainable.train.loop import fit
 
     return [r.metrics for r in fit(cfg, data, state=state)]
 
 
 def states(cfg: TrainConfig, data) -> list[dict]:
-    from trainable.loop import fit
+    from trainable.train.loop import fit
 
     out = []
     for result in fit(cfg, data):
@@ -74,7 +74,7 @@ def comparable(metrics: list[dict]) -> list[dict]:
 
 
 def test_a_forked_run_reports_what_a_run_from_scratch_reports(data_root, tmp_path):
-    from trainable.data import load_data
+    from trainable.data.dataset import load_data
 
     donor = config(data_root)
     # differs in a switch at epoch 2 and in three late knobs: the first 2 epochs are the donor's

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from trainable.sampler import epoch_order, sample_weights
+from trainable.train.sampler import epoch_order, sample_weights
 
 
 def test_sample_weights_inverse_sqrt_count():

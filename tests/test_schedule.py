@@ -7,7 +7,7 @@ Where the table's 5-epoch cells are coarser than the flags (mixup at 15-19, smoo
 import pytest
 
 from trainable.config import TrainConfig
-from trainable.schedule import describe, plan, timeline
+from trainable.train.schedule import describe, plan, timeline
 
 SEED = TrainConfig(balance_sampler=True, use_cosine_classifier=True, use_center_loss=True)
 

@@ -25,7 +25,7 @@ import ray
 
 import search_spaces
 from trainable.config import TrainConfig
-from trainable.demo_data import layout_paths, write_synthetic_dataset
+from trainable.data.demo.dataset import layout_paths, write_synthetic_dataset
 from trainable.errors import UserError
 from trainable.tune_entry import FAULT_DIR_ENV
 from tuner.cli import parse_settings
@@ -270,7 +270,7 @@ def test_interrupted_search_resumes_and_completes(env, capsys):
 
 
 def test_trials_that_share_their_first_epochs_start_from_an_earlier_trials_checkpoint(env, capsys):
-    """Prefix sharing (trainable.prefix), one trial at a time so that every earlier prefix is stored (the
+    """Prefix sharing (trainable.train.prefix), one trial at a time so that every earlier prefix is stored (the
     focal space: its knobs act only from tail_focal_epoch, so trials share the epochs before it):
     a forked trial reports the epochs it shares exactly as its donor did, then trains on."""
     flags = tiny_flags(env["root"], env["storage"], "shared") + [

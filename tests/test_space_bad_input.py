@@ -13,7 +13,7 @@ import pytest
 from test_search_e2e import tiny_flags
 
 from trainable.config import TrainConfig
-from trainable.demo_data import write_synthetic_dataset
+from trainable.data.demo.dataset import write_synthetic_dataset
 from tuner.prepare import models_to_check
 
 
@@ -98,7 +98,7 @@ def test_the_cheap_build_of_a_choice_fails_as_the_real_one_does(tmp_path):
     import torch
 
     from trainable.errors import UserError
-    from trainable.models import build_model
+    from trainable.model.networks import build_model
     from tuner.prepare import _build_cheaply
 
     weights = tmp_path / "test_resnet.pth"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from trainable import taxonomy as tx
+from trainable.data import taxonomy as tx
 
 
 def test_shape_of_the_taxonomy():

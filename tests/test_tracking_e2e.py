@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from trainable.config import TrainConfig
-from trainable.demo_data import layout_paths, write_synthetic_dataset
+from trainable.data.demo.dataset import layout_paths, write_synthetic_dataset
 from tuner import export, tracking
 from tuner.retrain import SEARCH_PARENT_TAG, SOURCE_TRIAL_RUN_TAG
 
@@ -193,12 +193,12 @@ def test_retrained_model_is_the_last_epochs_ema_and_runs_on_a_batch(retrained, s
     import mlflow.pytorch
     import torch
 
-    from trainable.augment import eval_transform
-    from trainable.checkpoint import load_checkpoint
     from trainable.cli_config import read_yaml_config
-    from trainable.data import load_data
-    from trainable.models import build_model
-    from trainable.schedule import plan
+    from trainable.data.dataset import load_data
+    from trainable.model.networks import build_model
+    from trainable.train.augment import eval_transform
+    from trainable.train.checkpoint import load_checkpoint
+    from trainable.train.schedule import plan
 
     run = retrained["run"]
     model_uri = run.data.tags["model_uri"]

@@ -15,7 +15,7 @@ import pytest
 from fault_helpers import subprocess_env
 from test_search_e2e import tiny_flags
 
-from trainable.demo_data import write_synthetic_dataset
+from trainable.data.demo.dataset import write_synthetic_dataset
 from trainable.errors import UserError
 from tuner import export, tracking, tracking_ui
 from tuner.tracking_hooks import MlflowSearchHooks

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainable.demo_data import layout_paths, write_synthetic_dataset
+from trainable.data.demo.dataset import layout_paths, write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +119,9 @@ def _binary(tmp: Path) -> Path:
 
 def _a_checkpoint(root: Path, tmp: Path) -> Path:
     """A croptune checkpoint of a test_resnet run on this data (epoch 1 of 2), saved where it would be."""
-    from trainable.checkpoint import FORMAT, SEED_KEYS, save_checkpoint
     from trainable.config import TrainConfig, scale_schedule
-    from trainable.models import build_model
+    from trainable.model.networks import build_model
+    from trainable.train.checkpoint import FORMAT, SEED_KEYS, save_checkpoint
 
     cfg = TrainConfig(**{k: str(v) for k, v in layout_paths(root).items()}, backbone="test_resnet",
                       pretrained=False, image_size=32, progressive_image_size=32, save_dir=str(tmp / "earlier"))
@@ -156,7 +156,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, dataset, tmp_p
                               timeout=120)
         code, stderr = proc.returncode, proc.stderr
     else:
-        import trainable.__main__ as command
+        import trainable.cli as command
 
         def got_past_the_checks(*args, **kwargs):  # fail now, not after a whole training run
             raise AssertionError("bad input reached training")

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainable.checkpoint import SEED_KEYS, load_checkpoint, save_checkpoint
 from trainable.config import TrainConfig
-from trainable.data import load_data
-from trainable.demo_data import layout_paths, write_synthetic_dataset
-from trainable.loop import fit
+from trainable.data.dataset import load_data
+from trainable.data.demo.dataset import layout_paths, write_synthetic_dataset
+from trainable.train.checkpoint import SEED_KEYS, load_checkpoint, save_checkpoint
+from trainable.train.loop import fit
 
 TIMING_KEYS = {"epoch_time_s", "train_time_s", "data_wait_frac", "train_images_per_s"}
 
@@ -94,7 +94,7 @@ def test_fit_two_plus_two_equals_four(tiny_root, tmp_path, monkeypatch):
 
 
 def test_save_removes_leftovers_of_killed_writes_of_the_same_file(tmp_path):
-    from trainable.checkpoint import save_checkpoint
+    from trainable.train.checkpoint import save_checkpoint
 
     dead = tmp_path / ".last.pth.abc123.tmp"          # what a writer killed mid-save leaves
     other = tmp_path / ".best_custom.pth.def456.tmp"  # another file's: not ours to judge

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from trainable.checkpoint import load_checkpoint
-from trainable.demo_data import layout_paths, write_synthetic_dataset
+from trainable.data.demo.dataset import layout_paths, write_synthetic_dataset
+from trainable.train.checkpoint import load_checkpoint
 
 DEFAULT = Path("checkpoints/task1_baseline")
 
@@ -39,7 +39,7 @@ def digests(directory: Path) -> dict[str, str]:
 
 
 def test_runs_never_share_a_save_dir(dataset, tmp_path, monkeypatch, cli_in_process):
-    from trainable.__main__ import main
+    from trainable.cli import main
 
     monkeypatch.chdir(tmp_path)
     code, out, err = cli_in_process(main, tiny(dataset))
@@ -83,7 +83,7 @@ def test_runs_never_share_a_save_dir(dataset, tmp_path, monkeypatch, cli_in_proc
 
 
 def test_a_diverged_run_is_one_line_exit_1_and_keeps_its_checkpoints(dataset, tmp_path, cli_in_process):
-    from trainable.__main__ import main
+    from trainable.cli import main
 
     save = tmp_path / "run"
     # epoch 1 trains the last block + head, epoch 2 everything: at lr 1e6 the loss overflows there
@@ -99,10 +99,10 @@ def test_a_diverged_run_is_one_line_exit_1_and_keeps_its_checkpoints(dataset, tm
 
 
 def test_resume_refuses_a_model_of_another_shape_even_without_its_config():
-    from trainable.checkpoint import check_resume_compatible
     from trainable.config import TrainConfig
     from trainable.errors import UserError
-    from trainable.models import build_model
+    from trainable.model.networks import build_model
+    from trainable.train.checkpoint import check_resume_compatible
 
     saved = TrainConfig(backbone="test_resnet", pretrained=False, model_type="multitask")
     state = {"config": {}, "model_state_dict": build_model(saved).state_dict()}  # e.g. a checkpoint's config lost

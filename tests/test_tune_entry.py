@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import trainable.loop
+import trainable.train.loop
 import trainable.tune_entry as te
 from trainable.config import TrainConfig
 from trainable.errors import DivergedError, UserError
@@ -87,7 +87,7 @@ def fake_fit(epochs, diverge_at=None):
 
 
 def test_reports_every_epoch_with_its_checkpoint(monkeypatch, fake_tune):
-    monkeypatch.setattr(trainable.loop, "fit", fake_fit(3))
+    monkeypatch.setattr(trainable.train.loop, "fit", fake_fit(3))
     te.train_trial({"lr": 0.01}, data=object(), base=TrainConfig().to_dict())
     assert [m["epoch"] for m, _ in fake_tune.reports] == [1, 2, 3]
     metrics, saved = fake_tune.reports[-1]
@@ -97,11 +97,11 @@ def test_reports_every_epoch_with_its_checkpoint(monkeypatch, fake_tune):
 
 
 def test_divergence_ends_the_trial_as_a_diverged_error_and_a_retry_does_not_train(monkeypatch, fake_tune):
-    monkeypatch.setattr(trainable.loop, "fit", fake_fit(3, diverge_at=2))
+    monkeypatch.setattr(trainable.train.loop, "fit", fake_fit(3, diverge_at=2))
     with pytest.raises(te.TrialDiverged, match="^diverged: loss became non-finite at epoch 2"):
         te.train_trial({}, data=object(), base=TrainConfig().to_dict())
     assert len(fake_tune.reports) == 1
-    monkeypatch.setattr(trainable.loop, "fit", lambda *a, **k: pytest.fail("a diverged trial was retrained"))
+    monkeypatch.setattr(trainable.train.loop, "fit", lambda *a, **k: pytest.fail("a diverged trial was retrained"))
     with pytest.raises(te.TrialDiverged, match="^diverged:"):
         te.train_trial({}, data=object(), base=TrainConfig().to_dict())
 

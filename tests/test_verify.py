@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from trainable.demo_data import layout_paths, write_synthetic_dataset
+from trainable.data.demo.dataset import layout_paths, write_synthetic_dataset
 from tuner import verify
 
 

@@ -29,10 +29,10 @@ from trainable.errors import UserError
 # epochs, every schedule epoch scaled from the seed's 50 (warmup 1, head-only until 2, partial
 # with the LR bump until 5, sampler off and tail focal at 4, restart at 6, resize at 7, light
 # phase at 10), on a tiny timm backbone pretrained offline on a different synthetic task
-# (python -m trainable.demo_pretrain; shipped, loaded through --pretrained-path like a user's
+# (python -m trainable.data.demo.pretrain; shipped, loaded through --pretrained-path like a user's
 # weights). The balanced sampler without class weights on top, as the seed advises for a
 # severe imbalance ("alpha None: no class weights, the sampler already balances").
-DEMO_BACKBONE = Path(__file__).with_name("demo_backbone.safetensors")
+DEMO_BACKBONE = Path(__file__).parent / "data" / "demo" / "backbone.safetensors"
 DEMO_RECIPE: dict = {
     "demo": True,
     "backbone": "test_resnet",
@@ -145,7 +145,7 @@ def resolve_config(ns: argparse.Namespace, checkpoint_config: dict | None = None
 
 def _with_demo_paths(values: dict, explicit: dict) -> dict:
     """The demo dataset's paths for the path flags not given; generated only if one is needed."""
-    from trainable.demo_data import PATH_FIELDS, ensure_demo_dataset, layout_paths
+    from trainable.data.demo.dataset import PATH_FIELDS, ensure_demo_dataset, layout_paths
 
     if explicit.get("pretrained") is False:
         scratch = {k: v for k, v in DEMO_SCRATCH.items() if k not in explicit}
@@ -154,7 +154,7 @@ def _with_demo_paths(values: dict, explicit: dict) -> dict:
         values = {**values, **scratch}
     elif values["pretrained"] and values["pretrained_path"] == str(DEMO_BACKBONE) and not DEMO_BACKBONE.is_file():
         raise UserError(f"the demo backbone {DEMO_BACKBONE} is missing: rebuild it with "
-                        f"`python -m trainable.demo_pretrain`, or pass --no-pretrained")
+                        f"`python -m trainable.data.demo.pretrain`, or pass --no-pretrained")
     if all(k in explicit for k in PATH_FIELDS):  # the demo recipe on data of the user's own
         return values
     paths = layout_paths(ensure_demo_dataset(seed=0))

@@ -65,13 +65,13 @@ class TrialDiverged(RuntimeError):
 def train_trial(config: dict, data=None, base=None, prefix: dict | None = None) -> None:
     """Train one trial, restoring from Tune's checkpoint when Tune restarts it.
 
-    `prefix` ({"dir": ..., "epochs": k}) turns on prefix sharing (trainable.prefix): a new trial
+    `prefix` ({"dir": ..., "epochs": k}) turns on prefix sharing (trainable.train.prefix): a new trial
     starts from the longest stored prefix it shares (up to k epochs) and replays its reports,
     and stores its own epochs 1..k for the trials after it.
     """
     if data is None:
         raise ValueError("train_trial needs the dataset: wrap it with tune.with_parameters(train_trial, data=...)")
-    from trainable.loop import fit
+    from trainable.train.loop import fit
 
     cfg = _trial_config(config, base)
     device = trial_device(cfg.device)
@@ -149,7 +149,7 @@ class _Sharing:
     """One trial's side of prefix sharing: where it forked (0: it did not) and what it reported."""
 
     def __init__(self, cfg: TrainConfig, prefix: dict | None):
-        from trainable.prefix import PrefixStore
+        from trainable.train.prefix import PrefixStore
 
         self.cfg = cfg
         self.store = PrefixStore(prefix["dir"]) if prefix else None
@@ -162,7 +162,7 @@ class _Sharing:
         found = self.store.longest(self.cfg, self.upto) if self.store else None
         if found is None:
             return None
-        from trainable.checkpoint import load_checkpoint
+        from trainable.train.checkpoint import load_checkpoint
 
         k, directory, history = found
         self.forked_at = k
@@ -204,7 +204,7 @@ def _copy_checkpoint(source: Path, target: Path, forked_at: int) -> None:
 
 
 def _restored_state(sharing: _Sharing | None = None) -> dict | None:
-    from trainable.checkpoint import load_checkpoint
+    from trainable.train.checkpoint import load_checkpoint
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
@@ -223,7 +223,7 @@ def _report(result, data=None, sharing: _Sharing | None = None) -> None:
         raise RuntimeError(f"fit() did not report {', '.join(missing)}")
     # REPORTED first: Tune's live table shows the first few metrics of a result.
     metrics = {**{k: numeric[k] for k in REPORTED}, **numeric, "epoch": int(result.epoch)}
-    from trainable.checkpoint import save_checkpoint
+    from trainable.train.checkpoint import save_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="croptune-ckpt-") as directory:
         save_checkpoint(result.state, Path(directory) / CHECKPOINT_FILE)

@@ -85,7 +85,7 @@ class SearchSettings:
     gpus_per_trial: float | None = None
     address: str | None = None
     sampler: str = "tpe"           # tuner.searcher.build_sampler: tpe or random
-    share_prefix: bool = True      # trainable.prefix: trials start from a shared prefix's checkpoint
+    share_prefix: bool = True      # trainable.train.prefix: trials start from a shared prefix's checkpoint
     resume: bool = False
     explicit: set = field(default_factory=set)  # flags the user gave (for messages and hooks)
     namespace: argparse.Namespace | None = None  # the parsed command line (for tracking hooks)

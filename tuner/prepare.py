@@ -93,8 +93,8 @@ def check_space(space, base: TrainConfig, seed: int = 0) -> None:
 
 
 def check_dataset(base: TrainConfig) -> None:
-    """The data the base config points at (trainable.data.validate_data: no decoding, no writes)."""
-    from trainable.data import validate_data
+    """The data the base config points at (trainable.data.dataset.validate_data: no decoding, no writes)."""
+    from trainable.data.dataset import validate_data
 
     if not base.demo and not Path(base.train_dir).is_dir():
         raise UserError(f"no dataset at --train-dir {base.train_dir}: point --train-dir, --val-dir, "
@@ -172,7 +172,7 @@ def models_to_check(settings) -> list[tuple[str, TrainConfig]]:
 
 def check_model(settings) -> None:
     """The model check, in this process (imports torch + timm here)."""
-    from trainable.models import build_model
+    from trainable.model.networks import build_model
 
     build_model(model_to_check(settings))
 
@@ -238,7 +238,7 @@ def model_check_main() -> None:
     import json
     import sys
 
-    from trainable.models import build_model  # first: the import overlaps the parent's other checks
+    from trainable.model.networks import build_model  # first: the import overlaps the parent's other checks
 
     configs = [TrainConfig.from_dict(values, source="base config") for values in json.loads(sys.stdin.read())]
     verdict = {"error": None}
@@ -267,7 +267,7 @@ def _build_cheaply(cfg: TrainConfig) -> None:
 
     import torch
 
-    from trainable.models import build_model
+    from trainable.model.networks import build_model
 
     try:
         with warnings.catch_warnings(), torch.device("meta"):

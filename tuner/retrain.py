@@ -1,7 +1,7 @@
 """`python run_search.py retrain --config best.yaml [TrainConfig flags] [MLflow flags]`: the single
 full retrain of an exported configuration.
 
-The same training as `python -m trainable --config best.yaml` (trainable.__main__.prepare /
+The same training as `python -m trainable --config best.yaml` (trainable.cli.prepare /
 train: the standalone loop, no Ray; same checkpoints in --save-dir), logged to MLflow as one
 run of `--mlflow-experiment` (default croptune) in the store the search used
 (`--mlflow-uri`, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db; made absolute and
@@ -10,7 +10,7 @@ checked before anything is written; `--no-mlflow` turns tracking off):
 - params: the full resolved TrainConfig; metrics: every numeric epoch metric, step = epoch;
 - artifacts: checkpoints/best_custom.pth, checkpoints/last.pth, checkpoints/config.yaml;
 - model: the last epoch's weights (the EMA shadow when use_ema) as an MLflow pytorch model
-  (trainable.serving.LogitsModel: normalised float NCHW images -> logits), loadable with
+  (trainable.model.serving.LogitsModel: normalised float NCHW images -> logits), loadable with
   mlflow.pytorch.load_model(<printed models:/ URI>) and servable as a pyfunc.
 
 Which search it came from: the header `export` writes into the YAML names the search
@@ -52,7 +52,7 @@ def tracking_parser() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from trainable.__main__ import build_parser as trainable_parser
+    from trainable.cli import build_parser as trainable_parser
     from tuner.tracking_hooks import add_search_arguments
 
     parser = trainable_parser()
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainable.__main__ import prepare, train
+    from trainable.cli import prepare, train
     from trainable.errors import DivergedError
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -235,8 +235,8 @@ class RetrainRun:
         import torch
         from mlflow.models import infer_signature
 
-        from trainable.checkpoint import load_checkpoint
-        from trainable.serving import model_from_checkpoint
+        from trainable.model.serving import model_from_checkpoint
+        from trainable.train.checkpoint import load_checkpoint
 
         model = model_from_checkpoint(cfg, load_checkpoint(checkpoint))
         # A batch of 2: torch.export would freeze a batch dimension of size 1.
@@ -245,7 +245,7 @@ class RetrainRun:
             logits = model(torch.from_numpy(example)).numpy()
         common = dict(name=MODEL_NAME, signature=infer_signature(example, logits),
                       pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                      metadata={"input": "float32 NCHW, ImageNet-normalised (trainable.augment.eval_transform)",
+                      metadata={"input": "float32 NCHW, ImageNet-normalised (trainable.train.augment.eval_transform)",
                                 "image_size": model.image_size, "weights": "ema" if cfg.use_ema else "model"})
         mlflow.set_tracking_uri(self.uri)
         with mlflow.start_run(run_id=self.run_id, log_system_metrics=False):

@@ -1,6 +1,6 @@
 """Where the first rung goes: the first epoch at which a space's trials have stopped computing the same thing.
 
-Two trials whose prefix keys (trainable.prefix) are equal at epoch r have equal states there, so
+Two trials whose prefix keys (trainable.train.prefix) are equal at epoch r have equal states there, so
 a rung at r can only rank them by the tie-break. Before a search starts, `first_ranking_epoch`
 samples the space as the search would begin (the seed point, then Optuna's RandomSampler, a few
 sampler seeds) and returns the first epoch at which at most TIE_LIMIT of the sampled trials still
@@ -14,7 +14,7 @@ import statistics
 from collections import Counter
 
 from trainable.config import TrainConfig
-from trainable.prefix import prefix_key
+from trainable.train.prefix import prefix_key
 
 TIE_LIMIT = 0.10     # the share of trials that may tie at the first rung
 SAMPLER_SEEDS = 5    # sampled searches the median is taken over

@@ -40,7 +40,7 @@ from tuner.summary import build_summary, format_report, trial_records
 TIME_ATTR = "epoch"
 INTERRUPTED_EXIT = 130
 NO_RESULT_EXIT = 1  # the search ran but no trial reported a score: nothing to export
-PREFIX_DIR = "prefixes"  # trainable.prefix's store, in the experiment directory; removed when the search finishes
+PREFIX_DIR = "prefixes"  # trainable.train.prefix's store, in the experiment directory; removed when the search finishes
 # Ray prestarts one idle worker per CPU at start-up. Tune creates every trial actor with a
 # runtime_env of its own (env var PL_DISABLE_FORK, ray.tune.execution.class_cache), and a worker
 # serves only tasks/actors of its own runtime env, so those workers never run a trial: each
@@ -72,7 +72,7 @@ def run_search(settings, hooks=None) -> int:
     else:
         place_first_rung(settings)
     started = time.time()
-    from trainable.data import load_data
+    from trainable.data.dataset import load_data
 
     data = load_data(settings.base, progress=True)  # decoded once, on the driver (a bad image: UserError)
     claimed = None
@@ -253,7 +253,7 @@ def prefix_dir(settings) -> str:
 def wrapped_trainable(data, base: TrainConfig, per_trial: dict, settings=None):
     """The trainable exactly as the search runs it; pass the same to Tuner.restore.
 
-    With settings.share_prefix, trials share their first epochs up to the first rung (trainable.prefix)."""
+    With settings.share_prefix, trials share their first epochs up to the first rung (trainable.train.prefix)."""
     from ray import tune
 
     from trainable.tune_entry import train_trial

@@ -9,7 +9,7 @@ The best trial is the best final score among completed trials, as in Optuna (pru
 have no final score); only when no trial completed is it the best last score of any trial.
 
 `epochs_consumed` counts every trial's epochs; `epochs_trained` leaves out those a trial took from
-an earlier trial's prefix (trainable.prefix), which it reports but does not compute.
+an earlier trial's prefix (trainable.train.prefix), which it reports but does not compute.
 
 Also reported: how many trials tie on the metric at the first rung (`first_rung_ties`: a rung
 cannot rank trials that score the same there), and the winner against trial 0, the seed
@@ -44,7 +44,7 @@ class TrialRecord:
     error: str | None      # one line, for failed trials
     scores: dict = field(default_factory=dict)  # epoch -> the metric reported at that epoch
     number: int | None = None  # creation order: 0 is the first trial (the seed recipe's point)
-    shared_epochs: int = 0     # epochs it started from an earlier trial's prefix (trainable.prefix)
+    shared_epochs: int = 0     # epochs it started from an earlier trial's prefix (trainable.train.prefix)
 
     @property
     def failed(self) -> bool:

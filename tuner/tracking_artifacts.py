@@ -123,7 +123,7 @@ def saved_val_predictions(results, trial_id: str) -> tuple[np.ndarray, np.ndarra
 
 def class_names(num_classes: int) -> list[str]:
     """`id crop: disease` (+ `(serious)`) for the 61 classes; plain ids for any other count."""
-    from trainable.taxonomy import CLASSES
+    from trainable.data.taxonomy import CLASSES
 
     if num_classes != len(CLASSES):
         return [str(i) for i in range(num_classes)]

@@ -122,7 +122,7 @@ class MlflowSearchHooks(SearchHooks):
 def best_confusion(context, trial_id: str):
     """(matrix, title, class names) from the val predictions saved beside the best trial's
     latest checkpoint (the epoch its final score comes from); (None, None, None) without them."""
-    from trainable.metrics import confusion
+    from trainable.train.metrics import confusion
     from tuner.tracking_artifacts import class_names, saved_val_predictions
 
     saved = saved_val_predictions(context.results, trial_id)

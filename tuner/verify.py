@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{' (= the seed recipe: trained once per seed)' if same else ''}, seeds {seeds}, {threads} torch "
           f"thread(s) per run ({len(runs)} trainings of {winner.epochs} epochs)", flush=True)
     scores: dict = {group: {key: [] for key in METRICS} for group in GROUPS}
-    from trainable.data import load_data
+    from trainable.data.dataset import load_data
 
     data = {group: load_data(cfg, progress=False) for group, cfg in (("winner", winner), ("baseline", baseline))
             if group in groups}  # the data does not depend on the seed: loaded once per config
@@ -141,7 +141,7 @@ def train_one(cfg: TrainConfig, data, threads: int, tracker, group: str) -> dict
     """Train cfg to its last epoch (no checkpoints written); the final epoch's metrics."""
     import torch
 
-    from trainable.loop import fit
+    from trainable.train.loop import fit
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

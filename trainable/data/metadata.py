@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from trainable import taxonomy
+from trainable.data import taxonomy
 from trainable.errors import UserError
 
 IMAGE_COLUMNS: tuple[str, ...] = ("image", "image_id", "filename", "file", "path")
 LABEL_COLUMN = "label_61"
-_LABEL_FIX = f"use AI Challenger class ids 0..{taxonomy.NUM_CLASSES - 1} (see trainable/taxonomy.py)"
+_LABEL_FIX = f"use AI Challenger class ids 0..{taxonomy.NUM_CLASSES - 1} (see trainable/data/taxonomy.py)"
 
 
 @dataclass
@@ -69,7 +69,7 @@ def _check_file(path: str, flag: str, what: str) -> Path:
     file = Path(path)
     if not file.exists():
         raise UserError(f"{flag} {path} does not exist: point {flag} at the {what}, import data with "
-                        f"`python -m trainable.importers`, or use --demo for the built-in data")
+                        f"`python -m trainable.data.importers`, or use --demo for the built-in data")
     if not file.is_file():
         raise UserError(f"{flag} {path} is not a file: point {flag} at the {what}")
     return file

@@ -16,20 +16,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainable.augment import eval_transform, mix_batch, train_augment
-from trainable.checkpoint import FORMAT
 from trainable.config import TrainConfig
-from trainable.data import DataBundle, Split
+from trainable.data.dataset import DataBundle, Split
 from trainable.devices import select_device
-from trainable.ema import ModelEMA
 from trainable.errors import DivergedError
-from trainable.losses import tail_classes
-from trainable.metrics import classification_metrics
-from trainable.models import build_model
-from trainable.objective import BatchTargets, Objective
-from trainable.optim import build_optimizer, build_scheduler, set_epoch_lr
-from trainable.sampler import epoch_order
-from trainable.schedule import EpochPlan, plan
+from trainable.model.ema import ModelEMA
+from trainable.model.losses import tail_classes
+from trainable.model.networks import build_model
+from trainable.model.objective import BatchTargets, Objective
+from trainable.train.augment import eval_transform, mix_batch, train_augment
+from trainable.train.checkpoint import FORMAT
+from trainable.train.metrics import classification_metrics
+from trainable.train.optim import build_optimizer, build_scheduler, set_epoch_lr
+from trainable.train.sampler import epoch_order
+from trainable.train.schedule import EpochPlan, plan
 
 
 @dataclass

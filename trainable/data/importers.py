@@ -1,7 +1,7 @@
 """Turn other dataset layouts into the seed layout.
 
-    python -m trainable.importers aichallenger --images DIR --annotations FILE.json --split train --out ROOT
-    python -m trainable.importers folders --root DIR --split train --out ROOT
+    python -m trainable.data.importers aichallenger --images DIR --annotations FILE.json --split train --out ROOT
+    python -m trainable.data.importers folders --root DIR --split train --out ROOT
 
 Both copy the images to ROOT/<split>/ (keeping their names relative to the source folder) and
 write ROOT/metadata/<split>_metadata.csv (image,label_61,crop,disease,severity; crop, disease and
@@ -21,9 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from trainable import taxonomy
+from trainable.data import taxonomy
 from trainable.errors import UserError, run_cli
-from trainable.metadata import write_csv_atomic
+from trainable.data.metadata import write_csv_atomic
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val")
@@ -38,7 +38,7 @@ def _label(value, where: str) -> int:
     label = int(text)
     if not 0 <= label < taxonomy.NUM_CLASSES:
         raise UserError(f"{where}: label {label} is outside 0..{taxonomy.NUM_CLASSES - 1}; the importers "
-                        f"expect AI Challenger 2018 class ids (see trainable/taxonomy.py)")
+                        f"expect AI Challenger 2018 class ids (see trainable/data/taxonomy.py)")
     return label
 
 
@@ -161,7 +161,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m trainable.importers",
+    parser = _Parser(prog="python -m trainable.data.importers",
                      description="Import a dataset into the seed layout (ROOT/<split>/, ROOT/metadata/).")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     challenger = commands.add_parser("aichallenger", help="AI Challenger 2018 images + annotations JSON")

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from trainable.config import TrainConfig
-from trainable.losses import mixed_loss, per_sample_loss
-from trainable.schedule import EpochPlan
+from trainable.model.losses import mixed_loss, per_sample_loss
+from trainable.train.schedule import EpochPlan
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from trainable import taxonomy
+from trainable.data import taxonomy
 
 SUPERSAMPLE = 1
 

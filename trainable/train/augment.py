@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainable.cpu_workspace import output_batch, scratch, thread_pool
+from trainable.train.cpu_workspace import output_batch, scratch, thread_pool
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

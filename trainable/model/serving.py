@@ -7,7 +7,7 @@ CropNet.forward returns a dict (logits, features, multitask heads); MLflow's pyt
     logits = model(eval_transform(images_uint8_nhwc, model.image_size))   # [N, 61]
 
 Input: float32 NCHW, ImageNet-normalised, `image_size` square (what
-trainable.augment.eval_transform makes from decoded uint8 images).
+trainable.train.augment.eval_transform makes from decoded uint8 images).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ def model_from_checkpoint(cfg, state: dict, use_ema: bool | None = None) -> Logi
 
     image_size: the size the run validated at in its last epoch (progressive resizing).
     """
-    from trainable.models import build_model
-    from trainable.schedule import plan
+    from trainable.model.networks import build_model
+    from trainable.train.schedule import plan
 
     use_ema = cfg.use_ema if use_ema is None else use_ema
     weights = state.get("ema_state_dict") if use_ema else None

@@ -4,7 +4,7 @@
     load_data(cfg)      validate, then decode each split once at cache_size(cfg) into the cache
                         ($CROPTUNE_CACHE_DIR or ~/.cache/croptune) and memory-map it
 
-CSV reading and checks live in trainable.metadata, the decode-once cache in trainable.image_cache.
+CSV reading and checks live in trainable.data.metadata, the decode-once cache in trainable.data.image_cache.
 The trainable does not resolve --demo: callers point the path fields at the demo dataset with
 `cfg.replace(**demo_data.layout_paths(demo_data.ensure_demo_dataset()))`.
 """
@@ -21,7 +21,7 @@ import numpy as np
 
 from trainable.config import TrainConfig, missing_class_weights
 from trainable.errors import UserError
-from trainable.image_cache import (
+from trainable.data.image_cache import (
     CacheJob,
     DecodeError,
     build_caches,
@@ -30,7 +30,7 @@ from trainable.image_cache import (
     check_cache_root,
     open_cached,
 )
-from trainable.metadata import (
+from trainable.data.metadata import (
     SplitIndex,
     class_counts,
     compute_class_weights,

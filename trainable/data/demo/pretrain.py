@@ -1,4 +1,4 @@
-"""`python -m trainable.demo_pretrain`: rebuild the demo's pretrained backbone (demo_backbone.safetensors).
+"""`python -m trainable.data.demo.pretrain`: rebuild the demo's pretrained backbone (backbone.safetensors).
 
 Nothing can be downloaded for the demo, so its "ImageNet" is a synthetic source task of its own:
 36 classes = 6 leaf outlines x 6 surface textures that the demo's 61 classes do not use (round,
@@ -24,11 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainable.demo_leaves import Leaf, _background, _profile, blotches, interveinal, spots, stipple
+from trainable.data.demo.leaves import Leaf, _background, _profile, blotches, interveinal, spots, stipple
 from trainable.errors import UserError, run_cli
 
 BACKBONE = "test_resnet"
-DEFAULT_OUT = Path(__file__).with_name("demo_backbone.safetensors")
+DEFAULT_OUT = Path(__file__).with_name("backbone.safetensors")
 OUTLINES = ("round", "obovate", "needle", "deltoid", "oak", "kidney")
 TEXTURES = ("plain", "dots", "rings", "stripes", "speckle", "streaks")
 NUM_CLASSES = len(OUTLINES) * len(TEXTURES)
@@ -152,7 +152,7 @@ def _train(per_class: int, epochs: int, image_size: int, batch_size: int, lr: fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainable.demo_pretrain", description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m trainable.data.demo.pretrain", description=__doc__.split("\n")[0],
                                      allow_abbrev=False)
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"weights file to write (default {DEFAULT_OUT})")
     for name, value in DEFAULTS.items():

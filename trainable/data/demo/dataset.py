@@ -9,7 +9,7 @@ Train counts fall geometrically from max_per_class to min_per_class over the cla
 seeded shuffled order (a long tail, max/min >= 20 with the defaults); val follows the train
 distribution (val_fraction of each class, at least VAL_MIN images), or has val_per_class images
 of every class when that is given. Each image is drawn from its own seed (seed, split, label, index) by
-trainable.demo_leaves, so the dataset is the same bytes for the same arguments.
+trainable.data.demo.leaves, so the dataset is the same bytes for the same arguments.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from trainable import taxonomy
-from trainable.demo_leaves import render
+from trainable.data import taxonomy
+from trainable.data.demo.leaves import render
 from trainable.errors import UserError
-from trainable.image_cache import cache_root, check_cache_root
-from trainable.metadata import class_counts, compute_class_weights, write_csv_atomic
+from trainable.data.image_cache import cache_root, check_cache_root
+from trainable.data.metadata import class_counts, compute_class_weights, write_csv_atomic
 
 DEMO_VERSION = "v3"  # bump when the generator's output changes
 # val_per_class None: val follows the train distribution (val_fraction of each class's train

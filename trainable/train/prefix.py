@@ -24,7 +24,7 @@ from dataclasses import astuple
 from pathlib import Path
 
 from trainable.config import SCHEDULE_FIELDS, TrainConfig
-from trainable.schedule import EpochPlan, plan
+from trainable.train.schedule import EpochPlan, plan
 
 # Knobs that touch training only while a plan switch is on; before it, trials that differ only in
 # them train identically (the objective reads focal_gamma only under focal, tail_fraction only

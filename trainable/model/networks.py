@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from timm.models import group_parameters
 from torch import nn
 
+from trainable.data.taxonomy import NUM_CROPS, SEVERITIES
 from trainable.errors import UserError
-from trainable.losses import CenterLoss
-from trainable.taxonomy import NUM_CROPS, SEVERITIES
+from trainable.model.losses import CenterLoss
 
 STAGES = ("head", "partial", "full")
 
