@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainable._compat import move_group_last, parser_dests
 from trainable.config import TrainConfig
 from trainable.errors import UserError
 
@@ -149,14 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoints kept per trial: the K best plus the latest (default 2)")
     r.add_argument("--address", default=S, metavar="auto|ray://HOST:PORT|HOST:PORT",
                    help="run on an existing Ray cluster instead of starting a local one")
-    before = {action.dest for action in parser._actions}
+    before = parser_dests(parser)
     _add_plugin_arguments(parser)
-    parser.plugin_dests = {action.dest for action in parser._actions} - before
-    # Show the search's own flags before the ~70 TrainConfig ones.
-    groups = parser._action_groups
-    config_group = next(g for g in groups if g.title and g.title.startswith("training configuration"))
-    groups.remove(config_group)
-    groups.append(config_group)
+    parser.plugin_dests = parser_dests(parser) - before
+    move_group_last(parser, "training configuration")  # the search's own flags before the ~70 TrainConfig ones
     return parser
 
 

@@ -18,6 +18,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from trainable._compat import optuna_study_from_state
 from trainable.config import TrainConfig
 from trainable.errors import UserError
 
@@ -181,5 +182,5 @@ def load_study(experiment_path: str | Path):
     if not states:
         return None
     with open(states[-1], "rb") as handle:
-        return pickle.load(handle).get("_ot_study")
+        return optuna_study_from_state(pickle.load(handle))
 

@@ -19,6 +19,7 @@ import math
 import os
 from dataclasses import dataclass
 
+from trainable._compat import recorded_ray_address
 from trainable.errors import UserError
 
 MPS_RESOURCE = "mps"
@@ -117,3 +118,29 @@ def _accelerator(hw: Hardware, device: str, gpus_per_trial: float | None) -> str
         raise UserError(f"--gpus-per-trial {gpus_per_trial:g}: {hw.where} has no GPU; drop the flag "
                         f"or use --address to attach to a cluster with GPUs")
     return "cpu"
+
+
+# ray.init retries an unreachable cluster for minutes; a cluster's head answers a TCP connect at once
+ADDRESS_PROBE_TIMEOUT_S = 15.0
+
+
+def probe_address(address: str, timeout_s: float = ADDRESS_PROBE_TIMEOUT_S) -> None:
+    """UserError unless something accepts a TCP connection at the cluster's address: ray.init
+    retries an address where nothing listens for minutes ("Failed to connect to GCS")."""
+    import socket
+
+    target = address.removeprefix("ray://")
+    if address == "auto":  # the address `ray start` recorded on this machine (or RAY_ADDRESS)
+        target = recorded_ray_address()
+        if target is None:  # nothing recorded (ray.init says so at once), or RAY_ADDRESS=local
+            return
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as exc:
+        reason = f"no answer within {timeout_s:g} s" if isinstance(exc, TimeoutError) else (
+            getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
+        shown = address if target == address.removeprefix("ray://") else f"{address} ({target})"
+        raise UserError(f"--address {shown}: no Ray cluster listens there ({reason}); start one with "
+                        f"`ray start --head` or fix the address") from None

@@ -35,6 +35,8 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 
+from trainable._compat import mark_for_experiment_state
+
 TIE_BREAK_KEY = "val_loss"
 # The tie-break weight: a validation loss is a few units, macro-F1 steps are >= ~1e-4 for a
 # one-image change on the demo's validation split, so this only orders exact ties.
@@ -150,7 +152,7 @@ class PromotingASHA(FIFOScheduler):
             del self.parked[tid]
             self.num_stopped_parked += 1
             tune_controller.stop_trial(by_id[tid])
-            _mark_for_experiment_state(tune_controller, by_id[tid])
+            mark_for_experiment_state(tune_controller, by_id[tid])  # Ray 2.60 omits it for PAUSED trials
         return best, highest
 
     def on_trial_remove(self, tune_controller, trial: Trial) -> None:
@@ -171,18 +173,6 @@ class PromotingASHA(FIFOScheduler):
     def debug_string(self) -> str:
         rungs = ", ".join(f"epoch {m}: {len(self.recorded[m])} ranked" for m in self.milestones)
         return f"Successive halving (rf {self._rf}), {len(self.parked)} paused; {rungs}"
-
-
-def _mark_for_experiment_state(tune_controller, trial: Trial) -> None:
-    """Ray 2.60: stopping a trial without an actor (a PAUSED one) sets it TERMINATED but does not
-    mark it for the experiment-state snapshot (TuneController._schedule_trial_stop marks only
-    trials with an actor), so the saved state keeps it PAUSED and a restore or --resume would
-    take it for unfinished. Mark it as the controller does for the others (a private call: the
-    scheduler API has no public one; skipped if a future Ray drops it)."""
-    controller = getattr(tune_controller, "_tune_controller", tune_controller)
-    mark = getattr(controller, "_mark_trial_to_checkpoint", None)
-    if mark is not None:
-        mark(trial)
 
 
 class RungLimiter(ConcurrencyLimiter):

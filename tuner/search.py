@@ -20,6 +20,7 @@ import sys
 import time
 from types import SimpleNamespace
 
+from trainable._compat import live_trials, restored_search, restored_tuner_config
 from trainable.config import TrainConfig, field_names
 from trainable.errors import UserError
 from tuner.experiment import (
@@ -34,7 +35,7 @@ from tuner.experiment import (
 )
 from tuner.hooks import SearchContext, plugin_hooks
 from tuner.prepare import prepare_search, seed_point
-from tuner.ray_compat import probe_address, restored_search
+from tuner.resources import probe_address
 from tuner.summary import build_summary, format_report, trial_records
 
 TIME_ATTR = "epoch"
@@ -288,9 +289,7 @@ def build_tuner(settings, data, context: SearchContext, hooks):
         print(f"Resuming {path}", flush=True)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False)
-        if callbacks:  # the pickled RunConfig carries the old ones; hooks give fresh ones
-            tuner._local_tuner._run_config.callbacks = callbacks
-        tune_config = tuner._local_tuner._tune_config
+        tune_config = restored_tuner_config(tuner, callbacks)  # hooks give fresh callbacks
         tune_config.search_alg = restored_search(tune_config.search_alg, settings.storage_path, settings.name)
         return tuner
     searcher = build_searcher(settings)
@@ -332,12 +331,7 @@ def data_info(data) -> dict:
 
 
 def _trials(results, experiment_path: str):
-    analysis = getattr(results, "_experiment_analysis", None)  # the live Trial objects
-    if analysis is None:
-        from ray.tune import ExperimentAnalysis
-
-        analysis = ExperimentAnalysis(experiment_path)
-    return analysis.trials
+    return live_trials(results, experiment_path)
 
 
 def _final_study(context: SearchContext):

@@ -31,6 +31,8 @@ from optuna.samplers import TPESampler
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from trainable._compat import optuna_study
+
 logger = logging.getLogger(__name__)
 
 
@@ -90,7 +92,7 @@ class PruningOptunaSearch(OptunaSearch):
             return super().on_trial_complete(trial_id, result=result, error=error)
         ot_trial = self._ot_trials[trial_id]
         try:
-            self._ot_study.tell(ot_trial, None, state=TrialState.PRUNED)
+            optuna_study(self).tell(ot_trial, None, state=TrialState.PRUNED)
         except Exception as exc:  # same policy as the parent: a bad tell must not kill the search
             logger.warning("Optuna refused PRUNED for trial %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
@@ -107,7 +109,7 @@ class PruningOptunaSearch(OptunaSearch):
     @property
     def study(self):
         """The Optuna study (for plots, importances and tests)."""
-        return self._ot_study
+        return optuna_study(self)
 
 
 class BoundSpace:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from trainable._compat import optuna_study
 from trainable.errors import UserError
 from tuner import tracking
 from tuner.hooks import ResumeFlagsOnly, SearchHooks
@@ -107,7 +108,7 @@ class MlflowSearchHooks(SearchHooks):
 
         settings = context.settings
         trials, histories = tables_from_results(context.results, settings.metric, settings.mode)
-        study = getattr(context.searcher, "study", None) or getattr(context.searcher, "_ot_study", None)
+        study = getattr(context.searcher, "study", None) or optuna_study(context.searcher)
         best = (context.summary or {}).get("best_trial_id")
         log_search_artifacts(self.client, self.parent, trials, histories, study,
                              metric=settings.metric, mode=settings.mode, best_trial_id=best)

@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from trainable._compat import storage_use_count
+
 _local = threading.local()
 
 
@@ -65,8 +67,8 @@ _outputs: list[tuple[torch.Tensor, int]] = []  # (buffer, storage use count when
 _OUTPUTS_KEPT = 4
 
 
-def _use_count(buffer: torch.Tensor) -> int:  # references to its storage, from any tensor
-    return torch._C._storage_Use_Count(buffer.untyped_storage()._cdata)
+def _use_count(buffer: torch.Tensor) -> int | None:  # references to its storage, from any tensor
+    return storage_use_count(buffer)
 
 
 def output_batch(shape: tuple[int, ...]) -> torch.Tensor:
@@ -77,7 +79,7 @@ def output_batch(shape: tuple[int, ...]) -> torch.Tensor:
     One is reused only when its storage has no other user (no tensor, view, saved-for-backward
     or numpy alias of it alive): nothing else can still be reading it."""
     numel = math.prod(shape)
-    if not hasattr(torch._C, "_storage_Use_Count"):  # private API: without it, no reuse
+    if storage_use_count(torch.empty(0)) is None:  # a private API: without it, no reuse
         return torch.empty(shape)
     with _outputs_lock:
         free = [i for i, (buffer, alone) in enumerate(_outputs) if _use_count(buffer) == alone]
