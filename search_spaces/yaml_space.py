@@ -9,8 +9,9 @@
 
 The Optuna parameters are named after the fields. Epoch values are absolute (not scaled to
 --epochs). Fields that set up the search rather than a trial's training (data paths, image
-sizes, epochs, device, ...: see UNSEARCHABLE) are refused with the flag to use instead. Ranges of ordered switches must not overlap: `check(space, base)` rejects a space
-that could produce an invalid config, so every trial it proposes can run.
+sizes, epochs, device, ...: see UNSEARCHABLE) are refused with the flag to use instead.
+Ranges of ordered switches must not overlap: `check(space, base)` rejects a space that could
+produce an invalid config, so every trial it proposes can run.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import yaml
 
 from search_spaces._params import Cat, Num, Space
 from trainable.config import TrainConfig, coerce, field_names, field_types, flag
-from trainable.errors import UserError
+from trainable.errors import UserError, yaml_error_line
 
 TYPES = ("int", "float", "loguniform", "categorical")
 KEYS = {"int": {"low", "high"}, "float": {"low", "high"}, "loguniform": {"low", "high"},
@@ -80,9 +81,8 @@ def load(path: str | Path) -> Space:
     try:
         spec = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" (line {mark.line + 1})" if mark else ""
-        raise UserError(f"{where}: not valid YAML{line}") from None
+        line = yaml_error_line(exc)
+        raise UserError(f"{where}: not valid YAML" + (f" (line {line})" if line else "")) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{where}: cannot read the search space ({exc})") from None
     if not isinstance(spec, dict) or not spec:

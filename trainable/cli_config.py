@@ -23,7 +23,7 @@ from trainable.config import (
     missing_class_weights,
     scale_schedule,
 )
-from trainable.errors import UserError
+from trainable.errors import UserError, yaml_error_line
 
 # A CPU-sized recipe for the built-in synthetic data: the seed's staged recipe at 48 px for 12
 # epochs, every schedule epoch scaled from the seed's 50 (warmup 1, head-only until 2, partial
@@ -48,7 +48,7 @@ DEMO_RECIPE: dict = {
     "use_class_weights": False,
     "save_dir": "checkpoints/demo",
 }
-# `--demo --no-pretrained`: the old from-scratch recipe. A head-only stage on a random backbone
+# `--demo --no-pretrained`: a from-scratch recipe. A head-only stage on a random backbone
 # learns nothing and warmup protects no pretrained features, so everything trains from epoch 1.
 DEMO_SCRATCH: dict = {"stage2_epoch": 0, "stage3_epoch": 1, "warmup_epochs": 0}
 
@@ -90,8 +90,8 @@ def read_yaml_config(path: str) -> dict:
     except OSError as exc:
         raise UserError(f"--config {path} cannot be read ({exc.strerror}); check its permissions") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
+        line = yaml_error_line(exc)
+        where = f" line {line}" if line else ""
         raise UserError(f"--config {path}:{where} is not valid YAML") from None
     if not isinstance(values, dict):
         raise UserError(f"--config {path}: expected a mapping of TrainConfig fields")

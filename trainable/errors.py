@@ -10,6 +10,12 @@ class UserError(Exception):
     """Bad input: reported as one line naming the problem and the fix, exit code 2."""
 
 
+def yaml_error_line(exc: Exception) -> int | None:
+    """The 1-based line a PyYAML parse error points at, or None when it carries no position."""
+    mark = getattr(exc, "problem_mark", None)
+    return None if mark is None else mark.line + 1
+
+
 class DivergedError(RuntimeError):
     """The training loss became NaN or infinite: the trial is marked diverged."""
 

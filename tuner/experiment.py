@@ -165,11 +165,6 @@ def resolved_config(meta: dict, overrides: dict) -> TrainConfig:
     return base.replace(**overrides)
 
 
-def read_summary(storage_path: str, name: str) -> dict | None:
-    path = experiment_dir(storage_path, name) / SUMMARY_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def load_study(experiment_path: str | Path):
     """The search's Optuna study as Tune last saved it (trials PRUNED / COMPLETE / FAIL).
 

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from trainable.config import TrainConfig, missing_class_weights
-from trainable.errors import UserError
 from trainable.data.image_cache import (
     CacheJob,
     DecodeError,
@@ -38,6 +37,7 @@ from trainable.data.metadata import (
     read_class_weights,
     read_split,
 )
+from trainable.errors import UserError
 
 __all__ = ["Split", "DataBundle", "validate_data", "load_data", "cache_size", "cache_root"]
 
@@ -171,8 +171,3 @@ def load_data(cfg: TrainConfig, progress: bool = True) -> DataBundle:
                       fingerprint=digest.hexdigest()[:16],
                       root=_describe(cfg, train_index, val_index, weights_from))
 
-
-def cached_arrays() -> list[Path]:
-    """The decoded-image arrays currently in the cache (for `du`-style reporting and cleanup)."""
-    folder = cache_root() / "images"
-    return sorted(folder.glob("*.npy")) if folder.is_dir() else []

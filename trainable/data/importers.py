@@ -22,8 +22,8 @@ import tempfile
 from pathlib import Path
 
 from trainable.data import taxonomy
-from trainable.errors import UserError, run_cli
 from trainable.data.metadata import write_csv_atomic
+from trainable.errors import UserError, run_cli
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val")

@@ -26,9 +26,9 @@ from PIL import Image
 
 from trainable.data import taxonomy
 from trainable.data.demo.leaves import render
-from trainable.errors import UserError
 from trainable.data.image_cache import cache_root, check_cache_root
 from trainable.data.metadata import class_counts, compute_class_weights, write_csv_atomic
+from trainable.errors import UserError
 
 DEMO_VERSION = "v3"  # bump when the generator's output changes
 # val_per_class None: val follows the train distribution (val_fraction of each class's train
