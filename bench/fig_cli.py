@@ -25,24 +25,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from bench.common import (
-    PYTHON,
-    REPO,
-    Context,
-    FigureResult,
-    MemorySampler,
-    bench_dataset,
-    config_flags,
-    descendants,
-    finish,
-    fmt,
-    fmt_s,
-    interrupt,
-    launch,
-    median,
-    repo_env,
-    say,
-)
+from bench.datasets import bench_dataset, config_flags, train_config
+from bench.processes import PYTHON, MemorySampler, descendants, finish, interrupt, launch, repo_env, say
+from bench.profiles import REPO, Context
+from bench.rows import FigureResult, fmt, fmt_s, median
 
 RUN_SEARCH = str(REPO / "run_search.py")
 
@@ -99,7 +85,6 @@ def _first_results(experiment: Path) -> list[dict]:
 
 def _dataset_mib(prof: dict) -> float:
     """Size of the decoded train + val arrays the trials share."""
-    from bench.common import train_config
     from trainable.data.dataset import load_data
 
     cfg = train_config(bench_dataset(prof["data"]), prof["size"], 1)
@@ -242,8 +227,6 @@ def serial_floor(first: dict) -> dict:
     trial's imports in a fresh interpreter (a Tune worker imports them before it trains; the
     interpreter's own start is in it) and the first result's own epoch (from the run). Tune's
     scheduling and the trial's data and model set-up are left out: a floor, not an estimate."""
-    from bench.common import train_config
-
     demo = train_config(bench_dataset(None), None)
     model_check, verdict = _child("from tuner.prepare import model_check_main; model_check_main()",
                                   stdin=json.dumps(demo.to_dict()))
@@ -314,7 +297,7 @@ def project_e2e(ctx: Context, fig: FigureResult) -> None:
     if not p1 or not first or ctx.profile["loop"]["size"] is not None:
         fig.add("demo search end to end", "not measured (needs P1, P4, P6 at demo size; or --full)", "≤ 10 min")
         return
-    from bench.common import demo_root
+    from bench.datasets import demo_root
     from trainable.data.demo.dataset import layout_paths
 
     paths = layout_paths(demo_root())

@@ -23,17 +23,10 @@ from __future__ import annotations
 import os
 import time
 
-from bench.common import (
-    Context,
-    FigureResult,
-    bench_dataset,
-    config_flags,
-    ensure_ray,
-    fmt,
-    median,
-    run_search_inprocess,
-    say,
-)
+from bench.datasets import bench_dataset, config_flags
+from bench.processes import ensure_ray, run_search_inprocess, say
+from bench.profiles import Context
+from bench.rows import FigureResult, fmt, median
 
 MODEL, SIZE, BATCH = "resnet50", 224, 64
 
@@ -94,7 +87,7 @@ def bare_timm(*, steps: int, benchmark: bool, device: str = "cuda", model: str =
 
 def trial_flags(ctx: Context, images: int, epochs: int, device_flags: list[str], *, model: str = MODEL,
                 size: int = SIZE, batch: int = BATCH) -> list[str]:
-    from bench.common import demo_root
+    from bench.datasets import demo_root
     from trainable.data.demo.dataset import layout_paths
 
     train_count = sum(1 for _ in open(layout_paths(demo_root())["train_meta"])) - 1

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import time
 
-from bench.common import PYTHON, Context, FigureResult, finish, fmt_s, launch, say
+from bench.processes import PYTHON, finish, launch, say
+from bench.profiles import Context
+from bench.rows import FigureResult, fmt_s
 
 GOAL = (50.0, 95.0)  # % validation accuracy at the end of the demo run
 

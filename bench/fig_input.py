@@ -38,7 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import Context, FigureResult, bench_dataset, fmt, fmt_s, median, say, train_config
+from bench.datasets import bench_dataset, train_config
+from bench.processes import say
+from bench.profiles import Context
+from bench.rows import FigureResult, fmt, fmt_s, median
 
 SEED_WORKERS = 2
 MIN_BATCHES = 24   # per timed pass: enough that the pipelines' fill and drain are a small part
@@ -294,7 +297,8 @@ def _jpeg_variant(ctx: Context, fig: FigureResult, count: int, batch: int) -> di
 def _jpeg_dataset(count: int) -> Path:
     from PIL import Image
 
-    from bench.common import WORK, demo_root
+    from bench.datasets import demo_root
+    from bench.profiles import WORK
     from trainable.data.demo.dataset import layout_paths
     from trainable.data.metadata import write_csv_atomic
 

@@ -22,18 +22,10 @@ from __future__ import annotations
 import os
 import time
 
-from bench.common import (
-    Context,
-    FigureResult,
-    bench_dataset,
-    config_flags,
-    ensure_ray,
-    fmt,
-    median,
-    run_search_inprocess,
-    say,
-    train_config,
-)
+from bench.datasets import bench_dataset, config_flags, train_config
+from bench.processes import cpu_seconds_by_name, ensure_ray, run_search_inprocess, say
+from bench.profiles import Context
+from bench.rows import FigureResult, fmt, median
 
 
 def loop_setup(ctx: Context):
@@ -97,8 +89,6 @@ def tune_run(ctx: Context) -> dict:
 
 
 def _cpu_snapshot() -> dict[str, float]:
-    from bench.common import cpu_seconds_by_name
-
     return cpu_seconds_by_name(os.getpid()) if os.path.isdir("/proc") else {}
 
 

@@ -26,22 +26,10 @@ import math
 import time
 from pathlib import Path
 
-from bench.common import (
-    PYTHON,
-    REPO,
-    Context,
-    FigureResult,
-    bench_dataset,
-    config_flags,
-    ensure_ray,
-    finish,
-    fmt,
-    fmt_s,
-    launch,
-    mean_std,
-    run_search_inprocess,
-    say,
-)
+from bench.datasets import bench_dataset, config_flags
+from bench.processes import PYTHON, ensure_ray, finish, launch, run_search_inprocess, say
+from bench.profiles import REPO, Context
+from bench.rows import FigureResult, fmt, fmt_s, mean_std
 
 SPACE = "stage_epochs"
 SUMMARY_KEYS = ("epochs_consumed", "epochs_trained", "prefix_sharing", "first_rung_ties", "seed_trial",

@@ -35,15 +35,9 @@ if __package__ in (None, ""):  # `python bench/run.py`: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import fig_cli, fig_cuda, fig_demo, fig_input, fig_loop, fig_search  # noqa: E402
-from bench.common import (  # noqa: E402
-    REPO,
-    Context,
-    FigureResult,
-    fmt_s,
-    machine_info,
-    say,
-    stop_ray,
-)
+from bench.processes import machine_info, say, stop_ray  # noqa: E402
+from bench.profiles import REPO, Context  # noqa: E402
+from bench.rows import FigureResult, fmt_s  # noqa: E402
 
 # Run order: subprocess figures first (no Ray session of our own yet), then the input
 # pipeline (a DataLoader forks workers: before Ray's threads exist), then the in-process Ray work.

@@ -10,9 +10,8 @@ import time
 import numpy as np
 import pytest
 
-import bench.common as common
-from bench import fig_cuda, fig_demo, fig_input, fig_search
-from bench.common import FigureResult, Row
+from bench import datasets, fig_cuda, fig_demo, fig_input, fig_search, processes, profiles
+from bench.rows import FigureResult, Row, fmt, fmt_s, mean_std, median
 from bench.run import build_parser, select, table
 from trainable.data.demo.dataset import layout_paths, write_synthetic_dataset
 
@@ -22,8 +21,8 @@ def tiny_demo(tmp_path, monkeypatch):
     """A tiny synthetic dataset standing in for the demo data; bench work files under tmp_path."""
     root = write_synthetic_dataset(tmp_path / "demo", seed=0, max_per_class=4, min_per_class=1, val_per_class=1,
                                    image_size=24)
-    monkeypatch.setattr(common, "demo_root", lambda: root)
-    monkeypatch.setattr(common, "WORK", tmp_path / "work")
+    monkeypatch.setattr(datasets, "demo_root", lambda: root)
+    monkeypatch.setattr(profiles, "WORK", tmp_path / "work")
     return root
 
 
@@ -43,8 +42,8 @@ def test_demo_figure_runs_the_user_command_and_reads_its_checkpoint(tmp_path, mo
 
     write_synthetic_dataset(croptune_cache / f"demo-{DEMO_VERSION}-seed0", seed=0, max_per_class=3,
                             min_per_class=1, val_per_class=1, image_size=24)
-    monkeypatch.setattr(common, "WORK", tmp_path / "work")
-    fig = fig_demo.run(common.Context("quick", "t"))
+    monkeypatch.setattr(profiles, "WORK", tmp_path / "work")
+    fig = fig_demo.run(profiles.Context("quick", "t"))
     assert fig.raw["epochs"] == 2 and 0.0 <= fig.raw["val_acc"] <= 100.0
     assert fig.rows[0].value == f"{fig.raw['val_acc']:.1f} %" and fig.rows[0].passed is None
     assert (tmp_path / "work" / "runs" / "t" / "d1-demo" / "last.pth").is_file()
@@ -65,9 +64,9 @@ def test_table_has_one_line_per_row_with_verdicts():
 def test_bench_dataset_keeps_every_class_and_the_long_tail(tiny_demo):
     import csv
 
-    full = common.bench_dataset(None)
+    full = datasets.bench_dataset(None)
     assert full == layout_paths(tiny_demo)
-    subset = common.bench_dataset({"fraction": 0.5, "val_per_class": 1, "repeat": 2})
+    subset = datasets.bench_dataset({"fraction": 0.5, "val_per_class": 1, "repeat": 2})
     with open(subset["train_meta"], newline="") as handle:
         rows = list(csv.reader(handle))[1:]
     with open(full["train_meta"], newline="") as handle:
@@ -75,13 +74,13 @@ def test_bench_dataset_keeps_every_class_and_the_long_tail(tiny_demo):
     labels = {row[1] for row in rows}
     assert labels == {row[1] for row in all_rows}            # at least one image of every class
     assert len(rows) < 2 * len(all_rows) and len(rows) % 2 == 0
-    assert common.bench_dataset({"fraction": 0.5, "val_per_class": 1, "repeat": 2}) == subset  # reused
+    assert datasets.bench_dataset({"fraction": 0.5, "val_per_class": 1, "repeat": 2}) == subset  # reused
 
 
 def test_input_pipelines_run_on_the_same_files(tiny_demo):
     from trainable.data.dataset import load_data
 
-    cfg = common.train_config(common.bench_dataset(None), (16, 20))
+    cfg = datasets.train_config(datasets.bench_dataset(None), (16, 20))
     data = load_data(cfg, progress=False)
     ours = fig_input._ours(data.train, len(data.train), cfg.image_size, batch=8)
     files = [os.path.join(cfg.train_dir, p) for p in data.train.paths]
@@ -92,12 +91,26 @@ def test_input_pipelines_run_on_the_same_files(tiny_demo):
 
 
 def test_memory_sampler_sees_this_process():
-    if not common.MemorySampler.available():
+    if not processes.MemorySampler.available():
         pytest.skip("needs Linux /proc")
-    with common.MemorySampler(os.getpid(), interval=0.05) as sampler:
+    with processes.MemorySampler(os.getpid(), interval=0.05) as sampler:
         time.sleep(0.2)
     assert sampler.peak_rss_kib > 0 and sampler.peak_pss_kib > 0 and sampler.peak_processes >= 1
     assert sum(sampler.breakdown_mib.values()) > 0
+
+
+def test_say_reaches_the_terminal_while_quiet_sends_output_to_the_log(tmp_path, capfd):
+    """say() writes to fd 2 as it is when called (no copy taken at import), and inside quiet()
+    to the terminal quiet() saved, while everything else goes to the log."""
+    log = tmp_path / "logs" / "x.log"
+    with processes.quiet(log):
+        os.write(1, b"from fd 1\n")
+        os.write(2, b"from fd 2\n")
+        processes.say("progress inside")
+    processes.say("progress outside")
+    out, err = capfd.readouterr()
+    assert "progress inside" in err and "progress outside" in err and "from fd" not in out + err
+    assert log.read_text() == "from fd 1\nfrom fd 2\n"
 
 
 def test_search_arms_are_the_default_search_and_fifo_random(tmp_path, tiny_demo):
@@ -109,14 +122,14 @@ def test_search_arms_are_the_default_search_and_fifo_random(tmp_path, tiny_demo)
     from tuner.cli import DEMO_NUM_SAMPLES, parse_settings
     from tuner.search import build_searcher
 
-    prof = common.PROFILES["quick"]["search"]
+    prof = profiles.PROFILES["quick"]["search"]
     asha, fifo = (parse_settings(fig_search.search_flags(prof, tmp_path / "r", trials=3, seed=42, arm=arm, name=arm))
                   for arm in ("asha", "fifo"))
     assert asha.sampler == "tpe" and asha.share_prefix and "grace_period" not in asha.explicit  # run_search places it
     assert fifo.sampler == "random" and not fifo.share_prefix and fifo.grace_period == fifo.base.epochs == 3
     assert (asha.num_samples, asha.seed, asha.space, asha.base) == (fifo.num_samples, fifo.seed, fifo.space, fifo.base)
     assert isinstance(build_searcher(fifo)._sampler, RandomSampler)
-    default = common.PROFILES["default"]["search"]
+    default = profiles.PROFILES["default"]["search"]
     assert default["trials"] == DEMO_NUM_SAMPLES and len(default["seeds"]) >= 3
     demo = parse_settings(fig_search.search_flags(default, tmp_path / "r", trials=default["trials"], seed=42,
                                                   arm="asha", name="d"))
@@ -187,12 +200,12 @@ def test_gpu_trial_figure_runs_its_search_on_the_cpu(tiny_demo):
     depends on them."""
     train_images = sum(1 for _ in open(layout_paths(tiny_demo)["train_meta"])) - 1
     images = 2 * train_images + 1  # the train list repeated 3 times
-    ctx = common.Context(mode="quick", run_id="g1")
+    ctx = profiles.Context(mode="quick", run_id="g1")
     try:
         rows = fig_cuda.trial_results(ctx, images=images, epochs=2, device_flags=["--device", "cpu"],
                                       model="test_resnet", size=32, batch=16)
     finally:
-        common.stop_ray()
+        processes.stop_ray()
     assert [r["epoch"] for r in rows] == [1, 2]
     for row in rows:
         assert row["time_this_iter_s"] >= row["epoch_time_s"] > 0 and 0 <= row["data_wait_frac"] < 1
@@ -201,16 +214,16 @@ def test_gpu_trial_figure_runs_its_search_on_the_cpu(tiny_demo):
 
 
 def test_stats_helpers():
-    assert common.median([3.0, float("nan"), 1.0, 2.0]) == 2.0
-    mean, std = common.mean_std([1.0, 3.0])
+    assert median([3.0, float("nan"), 1.0, 2.0]) == 2.0
+    mean, std = mean_std([1.0, 3.0])
     assert mean == 2.0 and np.isclose(std, np.sqrt(2))
-    assert common.fmt(float("nan")) == "n/a" and common.fmt_s(75) == "1 min 15 s"
+    assert fmt(float("nan")) == "n/a" and fmt_s(75) == "1 min 15 s"
 
 
 def test_end_to_end_projection_uses_p1_p4_p6(tiny_demo):
     from bench import fig_cli
 
-    ctx = common.Context(mode="default", run_id="t")
+    ctx = profiles.Context(mode="default", run_id="t")
     fig = FigureResult("P6", "x")
     fig_cli.project_e2e(ctx, fig)
     assert not fig.rows  # nothing to project from yet

@@ -92,7 +92,7 @@ def test_split_images_pickle_out_of_band(dataset):
 
 
 def _idle_workers() -> list[int]:
-    from bench.common import descendants
+    from bench.processes import descendants
 
     idle = []
     for pid in descendants(os.getpid()):
