@@ -3,18 +3,14 @@
 Both run `run_search.py` as a user does, in a subprocess with its own local Ray, from a
 scratch working directory (so an MLflow store it creates lands there):
 
-- P5: the demo recipe for 1 epoch, once with 1 trial and once with 4 trials at once
-  (--cpus-per-trial = CPUs / 4). The peak of RSS summed over the whole process tree (the
-  driver, Ray's own processes, the trial workers) is sampled from /proc every 0.3 s; PSS
-  (which splits shared pages, e.g. the dataset in Ray's object store, between the processes
-  mapping them) is sampled beside it. The peak is also split by process (per trial worker,
-  driver, Ray's own), and a fresh interpreter's RSS after a trial's imports gives the least a
-  trial worker can cost, hence the least the ratio can be with one process per trial.
-- P6: `run_search.py --help` (median of several runs); the time from launching
-  `run_search.py --space stage_epochs --demo` until the first trial's first result is in the
-  experiment directory (the search is then stopped with Ctrl-C), with the CPU seconds the process
-  tree used until then (the work, which the machine's load changes less than the wall time)
-  and the launch's serial floor (`serial_floor`); the demo search end to end (measured in --full mode; otherwise projected, see `project_e2e`).
+- P5: the peak of RSS (and PSS) summed over the whole process tree, sampled from /proc, for
+  1 trial and for 4 concurrent trials of one epoch each; the peak split by process, and the
+  RSS of a fresh interpreter holding only a trial's imports (the least a trial worker costs).
+  Sized by the mode's `memory` profile.
+- P6: `run_search.py --help` (median of several runs); the time from launching the demo search
+  until the first trial result lands in the experiment dir (then Ctrl-C), with the process
+  tree's CPU seconds and the launch's serial floor (`serial_floor`); the demo search end to
+  end, measured with --full, else projected (`project_e2e`). Sized by the `cli` profile.
 """
 
 from __future__ import annotations

@@ -1,21 +1,16 @@
 """G1/G2 (CUDA only): resnet50 at 224 px, AMP + channels_last, under a trial vs a bare timm loop.
 
-- trial: a one-trial search through `tuner.search.run_search` with --gpus-per-trial 1 (the
-  real trainable, so fit() with its AMP, channels_last, pinned copies and batched GPU
-  augmentation), on the demo images decoded at 224 px, listed several times so an epoch lasts
-  a few seconds. Stage 2 (partial unfreeze) in epoch 1 and stage 3 from epoch 2, so every epoch
-  after the first trains the whole network; images/s is fit()'s `train_images_per_s` (train phase only),
-  median over epochs 2..;
-- bare: timm.create_model("resnet50") + AdamW + GradScaler + autocast(fp16), channels_last,
-  on a random batch already on the GPU (no input pipeline at all): the ceiling. Timed twice:
-  cudnn.benchmark=True (what timm's train.py uses) and cudnn.deterministic=True (what fit()
-  sets for reproducible runs), so the cost of that choice is visible.
+- trial: a one-trial search through `tuner.search.run_search` with --gpus-per-trial 1 (the real
+  trainable: fit() with AMP, channels_last, pinned copies and GPU augmentation) of the space
+  `bench.fig_cuda:fixed_space` (the base config, nothing searched), stage 3 from epoch 2, on the
+  demo images decoded at 224 px and listed several times; images/s is fit()'s
+  `train_images_per_s`, median over epochs 2..;
+- bare: timm resnet50 + AdamW + GradScaler + autocast(fp16), channels_last, on a random batch
+  resident on the GPU (no input pipeline: the ceiling), with cudnn.benchmark and with
+  cudnn.deterministic (what fit() sets).
 
-G2 is fit()'s `data_wait_frac` on the GPU (time from asking for a batch until it is on the
-device, synchronised, over the train time), median over epochs 2.. .
-
-The trial's search space is `bench.fig_cuda:fixed_space` (no overrides): the trial trains
-exactly the base config. Sized for one 10-minute call on a recent GPU.
+G2 is fit()'s `data_wait_frac` on the GPU, median over epochs 2.. . Sized by the mode's `cuda`
+profile (images per epoch, epochs, bare steps) to fit one device call.
 """
 
 from __future__ import annotations

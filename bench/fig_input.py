@@ -1,31 +1,20 @@
 """P2: training-input throughput, decode-once cache + batched augmentation vs a seed-style pipeline.
 
 Both pipelines read the same image files, produce the same output size and apply the same
-augmentation (random resized crop with area 0.25-1 and ratio 3/4-4/3, horizontal and vertical
-flip, brightness/contrast/saturation jitter 0.3, ImageNet normalisation):
+augmentation (trainable.train.augment's crop, flips, colour jitter and normalisation):
 
-- croptune: the split decoded once into the cache (trainable.data.dataset.load_data, a memory map),
-  then per batch the loop's own `_gather` (index the map, copy to a tensor) and
-  `augment.train_augment` (uint8 crop + antialiased resize per sample, fused colour step);
-- seed-style: `PIL.Image.open(path).convert("RGB")` + torchvision RandomResizedCrop,
-  RandomHorizontalFlip, RandomVerticalFlip, ColorJitter, ToTensor, Normalize per sample, in a
-  torch DataLoader with 2 worker processes.
+- croptune: the split decoded once into the cache (trainable.data.dataset.load_data), then per
+  batch the loop's own `_gather` and `augment.train_augment`;
+- seed-style: PIL decode + the torchvision transforms per sample, in a DataLoader with
+  SEED_WORKERS worker processes.
 
-Throughput is images/s over a shuffled pass of at least MIN_BATCHES batches (the file list is
-repeated when the data has fewer), in steady state: croptune's from the end of its first
-batch, the DataLoader's from the arrival of its first SEED_WORKERS batches (each worker's first
-batch carries its start-up, and batches the other workers finished meanwhile wait in the
-queue: counting from the first batch credits them to the timed window, an estimated ~25 %
-too much for the seed side over the 6 batches the 384-image set used to be timed on; both
-estimates are in results.json). The ratio with start-up
-is in results.json. The pipelines run interleaved, ROUNDS times (alternating which goes
-first), on a shared machine: the row is the median of the per-round ratios, each round's
-numbers are in results.json. The one-time decode into the cache is timed separately, into a
-throw-away cache dir.
-
-The second goal (data wait < 5 % of step time) is read from the training loop itself: fit()
-reports `data_wait_frac` per epoch (time fetching batches from the cache / train time). The
-augmentation runs inside the step on the training device; its share is reported beside it.
+Measures images/s in steady state over shuffled passes of at least MIN_BATCHES batches (the file
+list repeated when shorter): croptune's from the end of its first batch, the DataLoader's once
+each worker has delivered a batch (the ratio counted from the first batch is in results.json
+too). The pipelines run interleaved ROUNDS times; the row is the median per-round ratio. Also:
+the one-time cold decode into a throw-away cache, each side's CPU time per image, and fit()'s
+own `data_wait_frac` with the augmentation's share of the step. Sized by the mode's `input`
+profile (images, batch, the 384 px JPEG set); bench/README.md has the method and the numbers.
 """
 
 from __future__ import annotations

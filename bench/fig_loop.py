@@ -1,20 +1,17 @@
 """P1: wall time per epoch of a trial under Tune / the bare fit() loop; T1: training images/s.
 
-Same config (the demo recipe on the `loop` bench data), same machine, one run, in the order
-bare - Tune - bare (A-B-A, so a drift in the machine's load hits both sides):
+Same config (the demo recipe on the `loop` profile's data), one run, in the order bare - Tune -
+bare (A-B-A, so a drift in the machine's load hits both sides):
 
-- bare: `for result in fit(cfg, data)` in this process (torch threads = all CPUs); the wall
-  time of an epoch is the time between two results;
-- Tune: the same config as a one-trial search through `tuner.search.run_search` (the real
-  trainable, resources, checkpointing and reporting; FIFO: --grace-period = --epochs), with
-  --cpus-per-trial = all CPUs so both sides use the same threads. Its wall time per epoch is
-  Tune's `time_this_iter_s` (time between two reports inside the trial: training, validation,
-  writing the checkpoint and reporting).
+- bare: `for result in fit(cfg, data)` in this process; an epoch's wall time is the time
+  between two results;
+- Tune: the same config as a one-trial search through `tuner.search.run_search` (FIFO,
+  --cpus-per-trial = all CPUs, as the bare side); an epoch's wall time is Tune's
+  `time_this_iter_s` (training, validation, checkpoint and report).
 
-Epoch 1 is left out of the medians on both sides (model build; under Tune also the worker's
-imports). The ratio is the median over epochs 2.. of tune[e] / mean(bare_A[e], bare_B[e]);
-the per-epoch Tune overhead outside fit() (checkpoint + report) is time_this_iter_s minus
-fit()'s own epoch_time_s.
+Epoch 1 is left out on both sides (model build, a worker's imports). The ratio is the median over
+epochs 2.. of tune[e] / mean(bare_A[e], bare_B[e]); the Tune overhead outside fit() is
+time_this_iter_s minus fit()'s own epoch_time_s.
 """
 
 from __future__ import annotations

@@ -3,21 +3,16 @@
 All searches go through `tuner.search.run_search` (the code `run_search.py` runs) in one local
 Ray session, without tracking hooks, on flags parsed by `tuner.cli.parse_settings`:
 
-- ASHA + TPE: `run_search.py --space stage_epochs` with its defaults and nothing else: TPE, the
-  seed recipe as the first trial, tuner.scheduler.PromotingASHA on `epoch` with the first rung
-  placed automatically (tuner.rungs: the first epoch where the space's sampled trials stop
-  computing the same epochs), prefix sharing on (trainable.train.prefix: a trial whose first k epochs
-  equal an earlier trial's starts from that trial's epoch-k checkpoint and replays its reports);
-- FIFO random: the same command with `--sampler random --grace-period EPOCHS --no-share-prefix`:
-  Optuna's RandomSampler (same space, same seed point first), no rung below the last epoch (so
-  no trial is paused or stopped early: FIFO), every epoch trained.
+- ASHA + TPE: `run_search.py --space stage_epochs` with its defaults (TPE, the seed recipe as the
+  first trial, the first rung placed by tuner.rungs, prefix sharing on);
+- FIFO random: the same command plus `--sampler random --grace-period EPOCHS --no-share-prefix`
+  (no rung below the last epoch, every epoch trained).
 
-Both arms use the same number of trials, the same --seed (which seeds the sampler and every
-trial's training) and the default resources (on 2 CPUs: 2 trials at a time, 1 CPU each).
-"Best metric" is the search summary's best_value: the best final macro-F1 among trials that
-ran all their epochs (what `export` hands on). Epochs come from search_summary.json:
-`epochs_consumed` (every reported epoch) and `epochs_trained` (less those taken from a shared
-prefix, which cost a checkpoint load instead of training).
+Both arms use the same trials, --seed and default resources. "Best" is the summary's best_value
+(the best final macro-F1 of completed trials); epochs are the summary's `epochs_trained`
+(reported epochs less those replayed from a shared prefix) and `epochs_consumed`. P4 adds
+`run_search.py verify` on the demo search. Sized by the mode's `search` profile (trials,
+epochs, search seeds, T2's trial counts, verify seeds).
 """
 
 from __future__ import annotations

@@ -156,7 +156,7 @@ def _kib(path: str, key: str) -> int:
 class MemorySampler:
     """Peak of RSS (and PSS) summed over a process tree, sampled in a thread every `interval` s.
 
-    RSS counts a shared page once per process that maps it (the issue's definition: "RSS
+    RSS counts a shared page once per process that maps it (P5's goal is stated as "RSS
     summed over processes"); PSS splits shared pages between their processes, so its sum is
     what the tree really occupies.
     """

@@ -1,12 +1,13 @@
 """`python -m bench` / `python bench/run.py`: measure croptune's performance figures side by side.
 
-    python -m bench                      # the default set (~1 h on an idle 2-core machine)
-    python -m bench --quick              # every code path at toy sizes (a few minutes)
+    python -m bench                      # the default set: every figure at its default sizing
+    python -m bench --quick              # every code path at toy sizes (numbers not meaningful)
     python -m bench --only P1,P2         # some figures
-    python -m bench --full               # the real demo search, retrains at demo size (long)
+    python -m bench --full               # the real demo search end to end, retrains at demo size
 
 Writes bench/results.json (every number, the sizing of each figure, the machine) and prints a
-markdown table: id, measure, value, goal, pass/fail. Figures (see README "Performance"):
+markdown table: id, measure, value, goal, pass/fail. How long each mode takes, what each figure
+measures and how it is sized: bench/README.md. Figures:
 
     P1  wall time per epoch, trial under Tune / bare fit()            goal ≤ 1.03
     P2  input throughput, decode-once + batched aug / seed-style      goal ≥ 10×; data wait < 5 %
@@ -16,7 +17,7 @@ markdown table: id, measure, value, goal, pass/fail. Figures (see README "Perfor
     P6  --help; first trial result; demo search end to end            goal ≤ 1 s; ≤ 20 s; ≤ 10 min
     T1  training images/s of the demo model
     T2  search wall time and epochs with 3 / 6 / 12 trials
-    D1  `python -m trainable --demo` final val accuracy               goal 50-95 % (issue 2)
+    D1  `python -m trainable --demo` final val accuracy               goal 50-95 %
     G1  (CUDA) resnet50 224 px AMP: trial / bare timm loop            goal ≥ 0.9×; G2 data wait < 5 %
 
 Benchmarks, not tests: nothing here fails on a slow machine; a missed goal is a FAIL row.
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="toy sizes: every code path, numbers not meaningful")
     size.add_argument("--full", action="store_true",
-                      help="the real demo search end to end and retrains at demo size (an hour or more on 2 CPUs)")
+                      help="the real demo search end to end and retrains at demo size (longer than the default)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON (default bench/results.json)")
     return parser
 
