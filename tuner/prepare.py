@@ -106,7 +106,7 @@ def check_dataset(base: TrainConfig) -> None:
 def prepare_search(settings, hooks) -> None:
     """Check everything a search needs; raise UserError on the first problem. Writes nothing."""
     # The model check imports torch + timm (timm alone pulls in torchvision and torch._dynamo:
-    # seconds of CPU, ~200 MiB RSS on top of torch's ~700): run it in a child process beside the
+    # seconds of CPU and memory the driver never needs): run it in a child process beside the
     # other checks, so they overlap and the driver never holds timm (only the trials need it).
     # Its verdict is read last, so the first problem reported is the same as when the checks
     # ran one after the other.
@@ -254,15 +254,15 @@ def model_check_main() -> None:
     sys.stdout.flush()
     print(ModelCheck.MARK + json.dumps(verdict), flush=True)
     sys.stderr.flush()
-    # Skip the interpreter's teardown of torch + timm (a second or more on a busy machine):
+    # Skip the interpreter's teardown of torch + timm (slow on a busy machine):
     # the parent is waiting for this exit, and there is nothing left to flush or close.
     os._exit(0)
 
 
 def _build_cheaply(cfg: TrainConfig) -> None:
-    """build_model without allocating or initialising weights (on the meta device: a ViT-B takes
-    0.3 s instead of 10 on a busy CPU); the same UserErrors (unknown backbone, weights missing or
-    not fitting). A model that cannot be built on meta is built for real."""
+    """build_model without allocating or initialising weights (on the meta device, so a large
+    backbone checks in a fraction of its build time); the same UserErrors (unknown backbone,
+    weights missing or not fitting). A model that cannot be built on meta is built for real."""
     import warnings
 
     import torch

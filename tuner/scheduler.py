@@ -1,14 +1,14 @@
 """ASHA that pauses instead of guessing: the scheduler `run_search.py` uses.
 
-Why not Ray's ASHAScheduler: it decides at each rung *at once*, against whatever the rung
-holds so far, and it can only stop or continue. The first trials to reach a rung meet an
-empty or nearly empty rung and always go on; with tens of trials and 2 at a time this
-is most of them (measured: 83 epochs for 20 trials of 12 on the demo, 27 of 48 for 8 trials
-of 6 at bench size; a simulation of its rule gives the same). Asynchronous successive
-halving as published (Li et al., "A System for Massively Parallel Hyperparameter Tuning",
-MLSys 2020) instead promotes a trial from a rung only while it is in the top 1/rf of the
-trials recorded there; the others wait. Here they wait as PAUSED Tune trials (the trainable
-checkpoints every epoch and resumes from it exactly), and:
+Asynchronous successive halving as published (Li et al., "A System for Massively Parallel
+Hyperparameter Tuning", MLSys 2020): a trial leaves a rung only while it is in the top 1/rf of
+the trials recorded there; the others wait as PAUSED Tune trials. Ray's ASHAScheduler instead
+decides at once against whatever the rung holds so far, so the first trials to reach a rung
+always go on (what that costs: bench/README.md, "Numbers behind the code").
+
+The caller guarantees: the trainable checkpoints every epoch and resumes from it exactly (a
+paused trial continues where it stopped), and the searcher is wrapped in RungLimiter rather
+than Tune's ConcurrencyLimiter. Then:
 
 - a trial reaching a rung goes on at once if it is in that rung's top 1/rf (ranked by the
   metric, ties broken by the lower validation loss: after one epoch many trials tie on

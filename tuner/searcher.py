@@ -1,21 +1,19 @@
 """OptunaSearch that tells Optuna the truth about trials the scheduler stopped early.
 
-Ray 2.60's OptunaSearch tells the study COMPLETE with whatever score a trial had when
-ASHA stopped it, so TPE learns "this config scores 12%" from a 1-epoch run and drifts
-toward fast starters. Here a trial that ended before its last epoch without an error is
-told PRUNED, with its scores recorded as intermediate values (step = epoch), which is what
-Optuna's own pruning integration does and what TPE knows how to rank.
+Ray's OptunaSearch tells the study COMPLETE with whatever score a trial had when ASHA stopped
+it, so TPE learns from 1-epoch scores and drifts toward fast starters. Here a trial that ended
+before its last epoch without an error is told PRUNED, with its scores recorded as
+intermediate values (step = epoch), which is what Optuna's own pruning integration does and
+what TPE knows how to rank.
 
-How Tune tells the searcher that a trial ended (verified in ray/tune/execution/tune_controller.py,
-Ray 2.60): both a trial that returns normally and one the scheduler stops go through
-`TuneController.stop_trial`, which calls `searcher.on_trial_complete(trial_id, result=last_result)`;
-a failed trial gets `on_trial_complete(trial_id, error=True)` and no result. The result of the
-epoch on which ASHA says STOP is *not* passed to `on_trial_result`, and ASHA also says STOP
-when `time_attr >= max_t`, so the decision cannot be read from the call sequence. What can be
-read is the result itself: a trial that reached its configured number of epochs is complete,
-one that ended (not errored) before it was stopped early (ASHA, the time budget, or a stop
-request), i.e. PRUNED. A trial stopped while PAUSED at a rung (tuner.scheduler's end game) gets
-`on_trial_complete(trial_id)` with no result: its last reported result stands in.
+The verdict is read from the trial's last result, not from the order of Tune's calls: Tune
+(ray/tune/execution/tune_controller.py, `stop_trial`) calls `on_trial_complete(trial_id,
+result=last_result)` both for a trial that returns and for one the scheduler stops, never
+passes the result of the epoch on which the scheduler says STOP to `on_trial_result`, and
+gives a failed trial `error=True` and no result. A trial whose last result reached its
+configured epochs is COMPLETE, one that ended without an error before them is PRUNED, a
+failed one is FAIL. A trial stopped while PAUSED at a rung (tuner.scheduler's end game) gets
+no result: its last reported result stands in.
 """
 
 from __future__ import annotations
@@ -211,9 +209,8 @@ class RungTPESampler(TPESampler):
 
     Under successive halving with pauses, most trials of a search sit PAUSED at a rung until
     its end game: Optuna sees them RUNNING, so TPE counts none of them towards
-    `n_startup_trials` and, with `constant_liar`, files them among the bad trials. Measured on
-    a 12-trial toy search (2 at a time, rf 4): at every one of the 12 suggestions 0 trials were
-    COMPLETE or PRUNED, so plain TPE sampled every trial at random. Here TPE sees a trial that
+    `n_startup_trials` and, with `constant_liar`, files them among the bad trials: plain TPE
+    would sample almost every trial at random (bench/README.md). Here TPE sees a trial that
     has reported epochs as PRUNED at its last epoch, which is how Optuna ranks stopped trials
     (by the epoch reached, then the score there): the ranking the rung itself uses.
     """

@@ -54,10 +54,10 @@ class Split:
         return len(self.labels)
 
     def __getstate__(self) -> dict:
-        # np.memmap pickles its bytes in-band, so every process that unpickles a Split (each
-        # Tune trial worker, via tune.with_parameters) got a private heap copy of the images.
-        # A plain ndarray view of the same map pickles them out-of-band (protocol 5): Ray's
-        # object store then holds one copy and hands every worker a read-only view of it.
+        # np.memmap pickles its bytes in-band, which would give every process that unpickles a
+        # Split (each Tune trial worker, via tune.with_parameters) a private heap copy. A plain
+        # ndarray view of the same map pickles them out-of-band (protocol 5): Ray's object store
+        # then holds one copy and hands every worker a read-only view of it.
         state = dict(self.__dict__)
         state["images"] = np.asarray(self.images)
         return state

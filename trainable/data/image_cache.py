@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 # Bump when decode_image changes what it produces: old caches then stop matching.
-DECODE_VERSION = "fit-bicubic-v2"  # v2: 16-bit greyscale scaled to 8 bits, not clipped
+DECODE_VERSION = "fit-bicubic-v2"
 _CHUNK = 32  # images per worker task
 
 

@@ -1,5 +1,9 @@
 """ModelEMA: an exponential moving average of the weights (buffers copied), for validation.
 
+Call update(model) after every optimizer step and validate, rank and export `module`. To
+resume, save `updates` beside state_dict() (the checkpoint's `ema_updates`) and pass both to
+load_state_dict().
+
 A thin wrapper over timm's ModelEmaV3 with its decay warmup (`use_warmup=True`, warmup_gamma
 1, warmup_power 2/3). After optimizer step n (n = 1, 2, ...), for every parameter:
 
@@ -7,11 +11,10 @@ A thin wrapper over timm's ModelEmaV3 with its decay warmup (`use_warmup=True`, 
 
 (d_1 = 0: the first update copies). The shadow thus averages roughly the last n ** (2/3)
 steps (~22 after 100 steps); the configured decay (0.999) is reached only after ~31,600
-steps. Buffers (BatchNorm statistics, the cosine switch, counters) are copied from the live
-model (`exclude_buffers=True`), not averaged. Why both (issue 12, point 26, a 72-step run
-on 96 images, val acc at the last epoch): fixed decay 0.999 left the shadow ~93 % the
-initial weights, 0 % vs 82 % raw; the warmup with averaged BN statistics, 45 %; the warmup
-with copied buffers, 80 %. The update count n travels in every checkpoint (`ema_updates`).
+steps, so on a short run a fixed decay would leave the shadow near the initial weights.
+Buffers (BatchNorm statistics, the cosine switch, counters) are copied from the live model
+(`exclude_buffers=True`), not averaged: averaged statistics do not match the averaged
+weights (the numbers: bench/README.md, "Numbers behind the code").
 
 The wrapper adds the recipe's one special case: the cosine-classifier switch. The switch is
 a bool buffer (copied, not averaged), and the shadow's cosine head must be warm-started
@@ -58,10 +61,10 @@ class ModelEMA:
         return self.module.state_dict()
 
     def load_state_dict(self, state_dict: dict, updates: int | None = None) -> None:
-        """Restore the shadow; `updates` None (a checkpoint from before the warmup) means fully warmed up."""
+        """Restore the shadow; `updates` None (a checkpoint without `ema_updates`) means fully warmed up."""
         self.module.load_state_dict(state_dict)
         self.updates = int(updates) if updates is not None else FULLY_WARM
 
 
-# An update count past which every decay < 1 - 1e-9 is reached: old checkpoints keep their fixed decay.
+# An update count past which every decay < 1 - 1e-9 is reached: a checkpoint without a count keeps the fixed decay.
 FULLY_WARM = 10**14

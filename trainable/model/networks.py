@@ -275,10 +275,10 @@ def _load_weights_file(backbone: nn.Module, name: str, path: str) -> None:
 def _timm_pretrained(name: str, backbone: nn.Module) -> nn.Module:
     """timm's own weights from the local cache, else the network, else a UserError.
 
-    Offline, huggingface_hub retries each candidate file for ~45 s before it gives up (and
-    longer where packets are dropped), so: look in the caches first (HF hub cache, then the
-    torch.hub cache of URL weights) and load that file; only when nothing is cached and the
-    weights host answers a short probe is timm allowed to download."""
+    Offline, huggingface_hub retries each candidate file for a long time before it gives up
+    (bench/README.md), so: look in the caches first (HF hub cache, then the torch.hub cache of
+    URL weights) and load that file; only when nothing is cached and the weights host answers a
+    short probe is timm allowed to download."""
     cfg = dict(getattr(backbone, "pretrained_cfg", None) or {})
     if not (cfg.get("hf_hub_id") or cfg.get("url")):
         raise UserError(f"timm has no pretrained weights for --backbone {name}: {_NO_WEIGHTS_HINT}")

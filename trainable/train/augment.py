@@ -7,7 +7,7 @@ contrast, saturation factors ~ U(0.7, 1.3) in that fixed order (torchvision shuf
 fixed one keeps this branch-free), each clamped to [0, 1] as torchvision does. Light (final
 clean phase): crop area 0.7-1, horizontal flip only, no jitter.
 
-Why it is fast on the CPU (the seed's PIL pipeline costs ~6 ms per 224 px image):
+Why it is fast on the CPU (against the seed's PIL pipeline: bench/README.md, P2):
 - crop = integer slicing of the cache, flipped in the one copy that makes it dense, resized
   by torch's uint8 antialiased bilinear kernel (PIL's filter, as in torchvision's RRC);
 - brightness and contrast fold into one clamp, saturation and normalisation into a 3x3
@@ -52,10 +52,8 @@ _HIGH = tuple((1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=Tr
 # stay in the L2 cache through the colour steps (one sample at 224 px, 16 at 64 px).
 _CHUNK_PIXELS = 1 << 16
 # Below this output size the thread pool does not pay: the per-sample work is mostly Python
-# dispatch, serialised by the GIL. Measured on 2 cores before the threshold, train_augment with
-# the pool of 2 vs 1 thread, interleaved: 0.77-0.88x at 48-64 px, 1.08-1.19x at 96-224 px.
-# Below it the chunks run on the calling thread, whose torch ops still use torch's own threads
-# (`python -m bench.micro_augment --sizes 48,64,96,224` times 1 and 2 threads at each size).
+# dispatch, serialised by the GIL (numbers: bench/README.md). Below it the chunks run on the
+# calling thread, whose torch ops still use torch's own threads.
 _POOL_MIN_SIZE = 96
 
 
@@ -133,7 +131,7 @@ def _colour(x: torch.Tensor, factors: torch.Tensor | None, matrices: torch.Tenso
         bright, saturate = bool((factors[:, 0] > 1).any()), bool((factors[:, 2] > 1).any())
         b, c, _ = factors.to(x.device).unbind(1)
         # contrast blends with the mean grey after brightness: min(b x, 255) differs from b x only
-        # where brightness saturates (minimum: a clamp with a tensor bound is ~5x slower on the CPU)
+        # where brightness saturates (minimum: a clamp with a tensor bound is slower on the CPU)
         limited = planes
         if bright:
             limited = torch.empty_like(planes) if scratch is None else scratch.view_as(planes)
@@ -177,7 +175,7 @@ def _colour_one(x: torch.Tensor, factor: list[float] | None, out: torch.Tensor, 
 # ---------------------------------------------------------------------- crop + flip + resize
 def _crop_resize(image: torch.Tensor, box: list[int], flip: list[bool], out_size: int) -> torch.Tensor:
     """One H x W x 3 uint8 image -> 1 x 3 x out x out uint8 (CPU; NCHW from the kernel).
-    One dense copy either way (the kernel is ~2x slower on a strided view), flipped there:
+    One dense copy either way (the kernel is slower on a strided view), flipped there:
     flipping before the resize = after it, the filter is symmetric about pixel centres."""
     x0, y0, w, h = box
     dims = [d for d, f in ((0, flip[1]), (1, flip[0])) if f]

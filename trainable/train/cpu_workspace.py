@@ -1,11 +1,11 @@
 """CPU work space for the batched augmentation: a thread pool, per-thread scratch buffers, and
 output batches recycled once nothing references them.
 
-Both pay on this project's 2-core machine (`python -m bench.micro_augment --rounds 9`, which
-times train_augment with 1 thread and with all of them, and with a fresh output batch each
-call): at 256 -> 224 px, batch 64, 53.6 ms per batch with 1 thread, 44.7 ms with the pool of
-2, and 71.2 / 64.1 ms with fresh outputs (a new 38 MB batch is page-faulted in on first
-touch). Below 96 px the augmentation does not use the pool (augment._POOL_MIN_SIZE).
+Used by trainable.train.augment on the CPU only. The pool runs chunks with one intra-op torch
+thread each (from 96 px up: augment._POOL_MIN_SIZE); scratch buffers are per thread; a batch
+from output_batch() is reused once no tensor, view or numpy alias of it is alive, so callers
+need not release anything. Both save time per batch (bench/README.md, "Numbers behind the
+code", `python -m bench.micro_augment`).
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ def _use_count(buffer: torch.Tensor) -> int | None:  # references to its storage
 def output_batch(shape: tuple[int, ...]) -> torch.Tensor:
     """A float32 CPU tensor of `shape`, in memory of an earlier output nobody references now.
 
-    A fresh 38 MB batch (64 x 224 px) is page-faulted in on first touch: ~25 ms, a third of
-    the augmentation. The loop holds batch i while it makes batch i + 1: a few buffers cycle.
+    A fresh batch is page-faulted in on first touch, a large share of the augmentation's time.
+    The loop holds batch i while it makes batch i + 1: a few buffers cycle.
     One is reused only when its storage has no other user (no tensor, view, saved-for-backward
     or numpy alias of it alive): nothing else can still be reading it."""
     numel = math.prod(shape)

@@ -5,7 +5,7 @@ Nothing can be downloaded for the demo, so its "ImageNet" is a synthetic source 
 obovate, needle, deltoid, oak-lobed and kidney blades; plain, dots, ringed spots, stripes,
 speckle and streaky patches; leaf and paint in random colours, not the crops'), drawn with the demo's
 paint primitives but from a separate seed stream. A timm `test_resnet` (the demo's backbone)
-learns it for 16 epochs (64 % train accuracy, about 5 min on one core); the classifier head is
+learns it for 16 epochs (it prints its train accuracy and time); the classifier head is
 dropped and the backbone is written as a safetensors state dict, loaded by the demo through
 --pretrained-path like a user's weights.
 
