@@ -10,37 +10,28 @@ Parsing imports neither Ray nor torch, so `--help` is instant.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import sys
 
-from trainable.errors import UserError, run_cli
-
-# subcommand -> (module, function(argv) -> exit code), filled by the tracking/export work
-SUBCOMMANDS = {
-    "ui": ("tuner.tracking", "ui_main"),
-    "export": ("tuner.export", "main"),
-    "retrain": ("tuner.retrain", "main"),
-    "verify": ("tuner.verify", "main"),
-}
-
-
-def _subcommand(name: str):
-    module_name, function = SUBCOMMANDS[name]
-    if importlib.util.find_spec(module_name) is not None:
-        module = importlib.import_module(module_name)
-        if hasattr(module, function):
-            return getattr(module, function)
-    raise UserError(f"`run_search.py {name}` is not available in this installation ({module_name}.{function} missing)")
+from trainable.errors import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in SUBCOMMANDS:
-        return _subcommand(argv[0])(argv[1:])
-    from tuner.search import main as search_main
+    command = argv[0] if argv else None
+    # each subcommand's module is imported only when it runs: `--help` stays instant
+    if command == "ui":
+        from tuner.tracking.ui import main as run
+    elif command == "export":
+        from tuner.export import main as run
+    elif command == "retrain":
+        from tuner.retrain import main as run
+    elif command == "verify":
+        from tuner.verify import main as run
+    else:
+        from tuner.search import main as search
 
-    return search_main(argv)
+        return search(argv)
+    return run(argv[1:])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """MLflow tracking against a real `mlflow server` (sqlite backend), driven by a real Tune run.
 
 One server for the test session (tests/conftest.py), started the way users start it
-(`run_search.py ui` -> ui_main), and one Ray session. The toy search has four trials run one
+(`run_search.py ui` -> tuner.tracking.ui.main), and one Ray session. The toy search has four trials run one
 at a time so ASHA is deterministic: `good` runs all epochs, `weak` is stopped by ASHA at the first rung,
 `diverge` raises DivergedError, `flaky` crashes once and is retried.
 """
@@ -23,9 +23,13 @@ import pytest
 
 from trainable.config import SEED_EPOCHS, TrainConfig, scale_schedule
 from trainable.errors import UserError
-from tuner import export, tracking
-from tuner.tracking_artifacts import log_best_trial_artifacts, log_search_artifacts, tables_from_results
-from tuner.tracking_ui import experiment_id_by_name
+from tuner import export
+from tuner.tracking import store
+from tuner.tracking.artifacts import log_best_trial_artifacts, log_search_artifacts, tables_from_results
+from tuner.tracking.callback import MlflowTrialCallback
+from tuner.tracking.runs import finish_parent_run, start_parent_run
+from tuner.tracking.ui import experiment_id_by_name, runs_url
+from tuner.tracking.ui import main as ui_main
 
 EPOCHS = 4
 QUALITY = {"good": 1.0, "weak": 0.1, "diverge": 2.0, "flaky": 1.0}
@@ -80,14 +84,14 @@ def search(ray_session, server, tmp_path_factory):
 
     storage = tmp_path_factory.mktemp("ray_results")
     markers = tmp_path_factory.mktemp("markers")
-    client = tracking.client_for(server["url"])
-    experiment_id = tracking.ensure_experiment(client, "croptune-test")
+    client = store.client_for(server["url"])
+    experiment_id = store.ensure_experiment(client, "croptune-test")
     values = scale_schedule(TrainConfig().to_dict(), SEED_EPOCHS, EPOCHS)
     base = TrainConfig.from_dict({**values, "epochs": EPOCHS, "demo": True}).validate()
-    parent = tracking.start_parent_run(client, experiment_id, "toysearch",
-                                       params={"space": "toy", "metric": "macro_f1", "num_samples": 4,
-                                               "base_config": base.to_dict()})
-    callback = tracking.MlflowTrialCallback(server["url"], experiment_id, parent, base.to_dict(), strict=True)
+    parent = start_parent_run(client, experiment_id, "toysearch",
+                              params={"space": "toy", "metric": "macro_f1", "num_samples": 4,
+                                      "base_config": base.to_dict()})
+    callback = MlflowTrialCallback(server["url"], experiment_id, parent, base.to_dict(), strict=True)
     tuner = tune.Tuner(
         toy_trainable,
         param_space={"case": tune.grid_search(list(QUALITY)), "dropout": 0.1, "marker_dir": str(markers)},
@@ -98,7 +102,7 @@ def search(ray_session, server, tmp_path_factory):
                                   failure_config=tune.FailureConfig(max_failures=1), verbose=0),
     )
     results = tuner.fit()
-    tracking.finish_parent_run(client, parent, "FINISHED")
+    finish_parent_run(client, parent, "FINISHED")
     by_case = {r.config["case"]: r for r in results}
     children = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
     runs = {run.data.params["search.case"]: run for run in children}
@@ -115,14 +119,14 @@ def test_ui_serves_http_200(server):
 
 
 def test_preflight_accepts_the_live_server(server):
-    tracking.preflight(server["url"])
+    store.preflight(server["url"])
 
 
 def test_experiment_is_tagged_for_the_training_ui(search, server):
     experiment = search["client"].get_experiment(search["experiment_id"])
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert experiment_id_by_name(server["url"], "croptune-test") == search["experiment_id"]
-    assert tracking.ensure_experiment(search["client"], "croptune-test") == search["experiment_id"]
+    assert store.ensure_experiment(search["client"], "croptune-test") == search["experiment_id"]
 
 
 def test_one_parent_and_one_child_per_trial(search):
@@ -214,8 +218,7 @@ class FakeTrial:
 def test_resume_after_driver_restart_continues_the_same_run(search):
     client, experiment_id, parent = search["client"], search["experiment_id"], search["parent"]
     base = {**search["base"].to_dict(), "epochs": 3}
-    first = tracking.MlflowTrialCallback(search["callback"].tracking_uri, experiment_id, parent, base,
-                                         strict=True)
+    first = MlflowTrialCallback(search["callback"].tracking_uri, experiment_id, parent, base, strict=True)
     trial = FakeTrial("resume_00000", {"lr": 0.01})
     first.on_trial_start(0, [trial], trial)
     for epoch in (1, 2):
@@ -227,8 +230,8 @@ def test_resume_after_driver_restart_continues_the_same_run(search):
     assert client.get_run(run_id).data.tags["interrupted"] == "true"
 
     # A fresh driver: nothing in memory, or Tune's saved callback state (set_state) at most.
-    second = pickle.loads(pickle.dumps(tracking.MlflowTrialCallback(first.tracking_uri, experiment_id,
-                                                                    parent, base, strict=True)))
+    second = pickle.loads(pickle.dumps(MlflowTrialCallback(first.tracking_uri, experiment_id,
+                                                           parent, base, strict=True)))
     second.set_state(first.get_state())
     second.on_trial_start(0, [trial], trial)
     assert second.run_id("resume_00000") == run_id
@@ -248,12 +251,12 @@ def test_resume_after_driver_restart_continues_the_same_run(search):
 
 def test_resume_reopens_the_parent_run(search):
     client, experiment_id = search["client"], search["experiment_id"]
-    again = tracking.start_parent_run(client, experiment_id, "toysearch", resume=True)
+    again = start_parent_run(client, experiment_id, "toysearch", resume=True)
     assert again == search["parent"]
     assert client.get_run(again).info.status == "RUNNING"
-    tracking.finish_parent_run(client, again, "KILLED")
+    finish_parent_run(client, again, "KILLED")
     assert client.get_run(again).info.status == "KILLED"
-    fresh = tracking.start_parent_run(client, experiment_id, "another", resume=True)
+    fresh = start_parent_run(client, experiment_id, "another", resume=True)
     assert fresh != again
 
 
@@ -274,7 +277,7 @@ def test_preflight_dead_port_fails_fast():
     port = free_port()
     start = time.monotonic()
     with pytest.raises(UserError, match=f"cannot reach the MLflow tracking server at http://127.0.0.1:{port}"):
-        tracking.preflight(f"http://127.0.0.1:{port}")
+        store.preflight(f"http://127.0.0.1:{port}")
     assert time.monotonic() - start < 10
 
 
@@ -292,21 +295,21 @@ def test_preflight_rejects_a_server_that_is_not_mlflow(tmp_path):
                     break
             time.sleep(0.1)
         with pytest.raises(UserError, match="HTTP 404 .*is it an MLflow tracking server"):
-            tracking.preflight(f"http://127.0.0.1:{port}")
+            store.preflight(f"http://127.0.0.1:{port}")
     finally:
         web.terminate()
         web.wait()
 
 
 def test_ui_for_a_remote_server_only_prints_its_url(search, server, capsys):
-    assert tracking.ui_main(["--mlflow-uri", server["url"], "--mlflow-experiment", "croptune-test"]) == 0
-    assert capsys.readouterr().out.strip() == "MLflow UI: " + tracking.runs_url(
+    assert ui_main(["--mlflow-uri", server["url"], "--mlflow-experiment", "croptune-test"]) == 0
+    assert capsys.readouterr().out.strip() == "MLflow UI: " + runs_url(
         server["url"], search["experiment_id"])
 
 
 def test_ui_refuses_a_busy_port(server, tmp_path):
     with pytest.raises(UserError, match=f"127.0.0.1:{server['port']}.*choose another --port"):
-        tracking.ui_main(["--port", str(server["port"]), "--mlflow-uri", f"sqlite:///{tmp_path}/m.db"])
+        ui_main(["--port", str(server["port"]), "--mlflow-uri", f"sqlite:///{tmp_path}/m.db"])
 
 
 
@@ -316,7 +319,7 @@ def test_search_hooks_log_a_whole_search(search, server, capsys):
     from types import SimpleNamespace
 
     from tuner.hooks import SearchContext
-    from tuner.tracking_hooks import add_search_arguments, search_hooks
+    from tuner.tracking.hooks import add_search_arguments, search_hooks
 
     parser = argparse.ArgumentParser()
     add_search_arguments(parser)
@@ -371,7 +374,7 @@ def test_ui_stops_on_ctrl_c_even_when_started_with_sigint_ignored(tmp_path):
     from conftest import _free_port
 
     port = _free_port()
-    code = "import sys; from tuner.tracking import ui_main; sys.exit(ui_main(sys.argv[1:]))"
+    code = "import sys; from tuner.tracking.ui import main; sys.exit(main(sys.argv[1:]))"
     ui = subprocess.Popen([sys.executable, "-c", code, "--port", str(port), "--mlflow-uri",
                            f"sqlite:///{tmp_path / 'm.db'}"], cwd=tmp_path, stdout=subprocess.PIPE,
                           stderr=subprocess.DEVNULL, text=True,

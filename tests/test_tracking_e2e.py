@@ -24,8 +24,10 @@ import yaml
 
 from trainable.config import TrainConfig
 from trainable.data.demo.dataset import layout_paths, write_synthetic_dataset
-from tuner import export, tracking
+from tuner import export
 from tuner.retrain import SEARCH_PARENT_TAG, SOURCE_TRIAL_RUN_TAG
+from tuner.tracking import store
+from tuner.tracking.ui import runs_url
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 2
@@ -72,7 +74,7 @@ def searched(setup, mlflow_server):
         "--mlflow-uri", url, "--mlflow-experiment", EXPERIMENT]
     proc = run_cli(args, setup["work"], setup["env"])
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
-    client = tracking.client_for(url)
+    client = store.client_for(url)
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     parents = client.search_runs([experiment_id], "tags.`croptune.role` = 'search'")
     assert len(parents) == 1
@@ -92,7 +94,7 @@ def searched(setup, mlflow_server):
 
 def test_search_prints_the_parent_runs_page(searched):
     parent_id = searched["parent"].info.run_id
-    url = tracking.runs_url(searched["url"], searched["experiment_id"], parent_id)
+    url = runs_url(searched["url"], searched["experiment_id"], parent_id)
     assert f"MLflow: {url}" in searched["proc"].stdout
     assert url.endswith("?workflowType=machine_learning")
 
@@ -182,7 +184,7 @@ def test_retrain_is_logged_under_its_search(retrained, searched):
     out = retrained["proc"].stdout
     final = client.get_metric_history(run.info.run_id, "val_acc")[-1].value
     assert f"done: val acc {final:.2f}%" in out
-    assert f"MLflow: {tracking.runs_url(searched['url'], searched['experiment_id'], run.info.run_id)}" in out
+    assert f"MLflow: {runs_url(searched['url'], searched['experiment_id'], run.info.run_id)}" in out
 
 
 def test_nothing_lands_in_the_working_directory(retrained, setup):

@@ -12,27 +12,28 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from fault_helpers import subprocess_env
+from helpers import subprocess_env
 from test_search_e2e import tiny_flags
 
 from trainable.data.demo.dataset import write_synthetic_dataset
 from trainable.errors import UserError
-from tuner import export, tracking, tracking_ui
-from tuner.tracking_hooks import MlflowSearchHooks
+from tuner import export
+from tuner.tracking import store, ui
+from tuner.tracking.hooks import MlflowSearchHooks
 
 # One process opening (creating) a store, started together with another by a barrier: each
 # imports everything first, says it is ready, and opens the store when the go file appears.
 OPEN_STORE = """
 import sys, time
 from pathlib import Path
-from tuner import tracking
+from tuner.tracking import store
 import mlflow.store.tracking.sqlalchemy_store  # the slow imports, before the start line
 uri, ready, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 ready.touch()
 while not go.exists():
     time.sleep(0.002)
-client = tracking.client_for(uri)
-print(tracking.ensure_experiment(client, "croptune"))
+client = store.client_for(uri)
+print(store.ensure_experiment(client, "croptune"))
 """
 
 
@@ -52,16 +53,16 @@ def test_two_processes_creating_one_new_store_at_once_both_succeed(tmp_path):
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err[-3000:] for _, err in results]
     assert [out.strip() for out, _ in results] == ["1", "1"]  # one experiment, the same for both
-    client = tracking.client_for(uri)
+    client = store.client_for(uri)
     assert sorted(e.name for e in client.search_experiments()) == ["Default", "croptune"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["go", "mlflow.db", "ready0", "ready1"]  # no lock file
 
 
 def test_store_lock_times_out_with_one_line(tmp_path):
     db = tmp_path / "mlflow.db"
-    with tracking.store_lock(db), pytest.raises(UserError, match="another process has been creating or opening"):
+    with store.store_lock(db), pytest.raises(UserError, match="another process has been creating or opening"):
         # flock locks belong to the open file: a second open in this process waits like another process
-        with tracking.store_lock(db, timeout=0.3):
+        with store.store_lock(db, timeout=0.3):
             pass
 
 
@@ -70,8 +71,8 @@ def test_store_lock_times_out_with_one_line(tmp_path):
 def deleted_store(tmp_path_factory) -> Path:
     """An SQLite store holding experiment 'gone', deleted (as `mlflow experiments delete` leaves it)."""
     db = tmp_path_factory.mktemp("deleted-store") / "mlflow.db"
-    client = tracking.client_for(f"sqlite:///{db}")
-    client.delete_experiment(tracking.ensure_experiment(client, "gone"))
+    client = store.client_for(f"sqlite:///{db}")
+    client.delete_experiment(store.ensure_experiment(client, "gone"))
     return db
 
 
@@ -121,23 +122,23 @@ def test_bad_tracking_input_is_one_line_before_ray_and_writes_nothing(case, data
 def test_deleted_experiment_message_says_how_to_restore(deleted_store):
     uri = f"sqlite:///{deleted_store}"
     with pytest.raises(UserError) as caught:
-        tracking.preflight_experiment(uri, "gone")
+        store.preflight_experiment(uri, "gone")
     message = str(caught.value)
     command = message.split("`")[1]  # the restore command, pasteable
     assert shlex.split(command)[:4] == [f"MLFLOW_TRACKING_URI={uri}", "mlflow", "experiments", "restore"]
     assert "choose another --mlflow-experiment" in message
-    tracking.preflight_experiment(uri, "never-made")  # absent: created later, not refused
-    tracking.preflight_experiment(f"sqlite:///{deleted_store.parent / 'new.db'}", "gone")  # no store yet
+    store.preflight_experiment(uri, "never-made")  # absent: created later, not refused
+    store.preflight_experiment(f"sqlite:///{deleted_store.parent / 'new.db'}", "gone")  # no store yet
     assert not (deleted_store.parent / "new.db").exists()
 
 
 def test_env_uri_named_only_when_it_is_the_one_in_use(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////nonexistent/env.db")
-    uri = tracking.resolve_tracking_uri(None)
+    uri = store.resolve_tracking_uri(None)
     with pytest.raises(UserError, match="environment variable MLFLOW_TRACKING_URI"):
-        tracking.preflight(uri)
+        store.preflight(uri)
     with pytest.raises(UserError) as caught:  # a flag given: the flag's URI, no word of the variable
-        tracking.preflight(uri, requested="sqlite:////nonexistent/env.db")
+        store.preflight(uri, requested="sqlite:////nonexistent/env.db")
     assert "MLFLOW_TRACKING_URI" not in str(caught.value)
 
 
@@ -154,7 +155,7 @@ def test_env_uri_named_only_when_it_is_the_one_in_use(tmp_path, monkeypatch):
 def test_bad_ui_input_is_one_line_exit_2_and_writes_nothing(argv, words, tmp_path, monkeypatch, cli_in_process):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    code, stdout, stderr = cli_in_process(tracking.ui_main, argv)
+    code, stdout, stderr = cli_in_process(ui.main, argv)
     assert code == 2, (stdout, stderr)
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], stderr
@@ -162,7 +163,7 @@ def test_bad_ui_input_is_one_line_exit_2_and_writes_nothing(argv, words, tmp_pat
 
 
 @pytest.mark.parametrize("parser, argv", [
-    (tracking_ui.build_parser, ["--po", "5001"]),
+    (ui.build_parser, ["--po", "5001"]),
     (export.build_parser, ["--exp", "name"]),
     (export.build_parser, ["--experiment", "name", "--storage", "elsewhere"]),
 ])
@@ -178,7 +179,7 @@ def test_printed_commands_paste_back_with_spaces_in_paths(tmp_path, capsys):
     from tuner.search import resume_command
 
     uri = f"sqlite:///{tmp_path / 'my runs' / 'mlflow.db'}"
-    line = tracking.where_to_look(uri, "1")
+    line = ui.where_to_look(uri, "1")
     assert shlex.split(line.split("`")[1]) == ["python", "run_search.py", "ui", "--mlflow-uri", uri]
 
     hook = MlflowSearchHooks(None, "my experiment")

@@ -14,9 +14,11 @@ import pandas as pd
 import pytest
 
 from trainable.errors import UserError
-from tuner import tracking
-from tuner.tracking_artifacts import confusion_figure, learning_curves, metric_vs_epoch
-from tuner.tracking_callback import _numeric
+from tuner.tracking import store
+from tuner.tracking.artifacts import confusion_figure, learning_curves, metric_vs_epoch
+from tuner.tracking.callback import _numeric
+from tuner.tracking.runs import finish_parent_run, start_parent_run
+from tuner.tracking.ui import runs_url, where_to_look
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,13 +29,13 @@ def no_env_uri(monkeypatch):
 
 
 def test_default_uri_is_an_absolute_sqlite_file(tmp_path):
-    assert tracking.resolve_tracking_uri(None, cwd=tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert store.resolve_tracking_uri(None, cwd=tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
 
 
 def test_env_uri_is_respected(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
-    assert tracking.resolve_tracking_uri(None, cwd=tmp_path) == "http://tracking:5000"
-    assert tracking.resolve_tracking_uri("sqlite:///x.db", cwd=tmp_path) == f"sqlite:///{tmp_path}/x.db"
+    assert store.resolve_tracking_uri(None, cwd=tmp_path) == "http://tracking:5000"
+    assert store.resolve_tracking_uri("sqlite:///x.db", cwd=tmp_path) == f"sqlite:///{tmp_path}/x.db"
 
 
 @pytest.mark.parametrize("given,expected", [
@@ -45,15 +47,15 @@ def test_env_uri_is_respected(monkeypatch, tmp_path):
     ("https://mlflow.example.com", "https://mlflow.example.com"),
 ])
 def test_relative_paths_become_absolute(tmp_path, given, expected):
-    assert tracking.resolve_tracking_uri(given, cwd=tmp_path) == expected.format(cwd=tmp_path)
+    assert store.resolve_tracking_uri(given, cwd=tmp_path) == expected.format(cwd=tmp_path)
 
 
 def test_preflight_sqlite_ok_new_and_existing(tmp_path):
-    tracking.preflight(f"sqlite:///{tmp_path}/new.db")
+    store.preflight(f"sqlite:///{tmp_path}/new.db")
     import sqlite3
 
     sqlite3.connect(tmp_path / "old.db").execute("create table t(x)").connection.commit()
-    tracking.preflight(f"sqlite:///{tmp_path}/old.db")
+    store.preflight(f"sqlite:///{tmp_path}/old.db")
 
 
 @pytest.mark.parametrize("make,message", [
@@ -68,7 +70,7 @@ def test_preflight_sqlite_ok_new_and_existing(tmp_path):
 ])
 def test_preflight_sqlite_and_scheme_errors(tmp_path, make, message):
     with pytest.raises(UserError, match=message) as info:
-        tracking.preflight(make(tmp_path))
+        store.preflight(make(tmp_path))
     assert "\n" not in str(info.value)
 
 
@@ -77,36 +79,36 @@ def test_preflight_unwritable_directory(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     with pytest.raises(UserError, match="not writable"):
-        tracking.preflight(f"sqlite:///{locked}/m.db")
+        store.preflight(f"sqlite:///{locked}/m.db")
 
 
 def test_preflight_unresolvable_host_is_quick():
     start = time.monotonic()
     with pytest.raises(UserError, match="cannot reach the MLflow tracking server"):
-        tracking.preflight("http://no-such-host.invalid:5000", timeout=2)
+        store.preflight("http://no-such-host.invalid:5000", timeout=2)
     assert time.monotonic() - start < 10
 
 
 def test_runs_url():
-    assert tracking.runs_url("http://127.0.0.1:5000/", "3") == \
+    assert runs_url("http://127.0.0.1:5000/", "3") == \
         "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"
-    assert tracking.runs_url("http://h:1", "3", "abc") == \
+    assert runs_url("http://h:1", "3", "abc") == \
         "http://h:1/#/experiments/3/runs/abc?workflowType=machine_learning"
 
 
 def test_where_to_look(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    default = tracking.resolve_tracking_uri(None)
-    assert tracking.where_to_look(default, "1", "r") == (
+    default = store.resolve_tracking_uri(None)
+    assert where_to_look(default, "1", "r") == (
         "MLflow: run `python run_search.py ui` then open "
         "http://127.0.0.1:5000/#/experiments/1/runs/r?workflowType=machine_learning")
-    assert "--mlflow-uri sqlite:////x/y.db" in tracking.where_to_look("sqlite:////x/y.db", "1")
-    assert tracking.where_to_look("http://srv:80", "2").startswith("MLflow: http://srv:80/#/experiments/2/")
+    assert "--mlflow-uri sqlite:////x/y.db" in where_to_look("sqlite:////x/y.db", "1")
+    assert where_to_look("http://srv:80", "2").startswith("MLflow: http://srv:80/#/experiments/2/")
 
 
 def test_importing_tracking_is_light():
     """`run_search.py --help` / `ui` must not pay for Ray, mlflow or matplotlib."""
-    code = ("import sys, tuner.tracking; "
+    code = ("import sys, tuner.tracking.store, tuner.tracking.runs, tuner.tracking.ui, tuner.tracking.hooks; "
             "print(sorted(m for m in ('ray', 'mlflow', 'matplotlib', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -141,7 +143,7 @@ def test_figures_render(tmp_path):
 def test_diverged_is_told_from_the_error_file(tmp_path, text, diverged):
     from types import SimpleNamespace
 
-    from tuner.tracking_callback import _error_info
+    from tuner.tracking.callback import _error_info
 
     (tmp_path / "error.txt").write_text(text)
     trial = SimpleNamespace(pickled_error_file=None, error_file=str(tmp_path / "error.txt"),
@@ -153,7 +155,7 @@ def test_optuna_plots_leave_the_matplotlib_style_alone(tmp_path):
     import matplotlib
     import optuna
 
-    from tuner.tracking_artifacts import _optuna_history
+    from tuner.tracking.artifacts import _optuna_history
 
     before = dict(matplotlib.rcParams)
     study = optuna.create_study()
@@ -173,20 +175,20 @@ def test_metric_plot_highlights_the_given_best_trial():
 def test_sqlite_store_without_a_server(tmp_path, monkeypatch):
     """The default path: the driver logs straight into sqlite:///<cwd>/mlflow.db; artifacts go
     next to the database (not into whatever directory the search ran from)."""
-    from tuner.tracking_artifacts import log_search_artifacts
+    from tuner.tracking.artifacts import log_search_artifacts
 
     monkeypatch.chdir(tmp_path)
-    uri = tracking.resolve_tracking_uri(None)
-    tracking.preflight(uri)
-    client = tracking.client_for(uri)
-    experiment_id = tracking.ensure_experiment(client, "croptune")
+    uri = store.resolve_tracking_uri(None)
+    store.preflight(uri)
+    client = store.client_for(uri)
+    experiment_id = store.ensure_experiment(client, "croptune")
     experiment = client.get_experiment(experiment_id)
     assert experiment.artifact_location == (tmp_path / "mlartifacts" / "croptune").as_uri()
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    parent = tracking.start_parent_run(client, experiment_id, "s1", params={"space": "optim"})
+    parent = start_parent_run(client, experiment_id, "s1", params={"space": "optim"})
     history = pd.DataFrame({"epoch": [1, 2], "macro_f1": [0.1, 0.2]})
     log_search_artifacts(client, parent, pd.DataFrame({"trial_id": ["a"]}), {"a": history})
-    tracking.finish_parent_run(client, parent)
+    finish_parent_run(client, parent)
     assert client.get_run(parent).info.status == "FINISHED"
     assert sorted(p.name for p in (tmp_path / "mlartifacts").rglob("*.*")) == ["metric_vs_epoch.png", "trials.csv"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlartifacts", "mlflow.db"]
@@ -196,7 +198,7 @@ def test_a_tracking_failure_warns_once_and_does_not_stop_the_search(capsys):
     import pickle
     from types import SimpleNamespace
 
-    from tuner.tracking_callback import MlflowTrialCallback
+    from tuner.tracking.callback import MlflowTrialCallback
 
     class Broken:
         def __getattr__(self, name):
@@ -220,7 +222,7 @@ def test_a_tracking_failure_warns_once_and_does_not_stop_the_search(capsys):
 def test_search_hook_opens_the_store_in_the_background(tmp_path):
     """start() opens (and, for a new sqlite file, creates) the store in a thread while Ray starts;
     a deleted experiment's error comes out of callbacks(), where it always did."""
-    from tuner.tracking_hooks import MlflowSearchHooks
+    from tuner.tracking.hooks import MlflowSearchHooks
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     hooks = MlflowSearchHooks(uri, "bg")
@@ -240,12 +242,12 @@ def test_a_trial_paused_at_a_rung_shows_as_scheduled_until_it_resumes(tmp_path):
     """The scheduler pauses trials at a rung (no process, checkpoint kept): their runs are
     SCHEDULED + paused=true meanwhile, RUNNING again on resume; paused when the search is
     interrupted, they end KILLED + interrupted=true like the running ones."""
-    from tuner.tracking_callback import MlflowTrialCallback
+    from tuner.tracking.callback import MlflowTrialCallback
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = tracking.client_for(uri)
-    experiment_id = tracking.ensure_experiment(client, "rungs")
-    parent = tracking.start_parent_run(client, experiment_id, "s", params={})
+    client = store.client_for(uri)
+    experiment_id = store.ensure_experiment(client, "rungs")
+    parent = start_parent_run(client, experiment_id, "s", params={})
     callback = MlflowTrialCallback(uri, experiment_id, parent, base_config={"epochs": 4}, strict=True)
     a, b, c = (SimpleNamespace(trial_id=t, config={}, last_result={}, num_failures=0, status="RUNNING")
                for t in "abc")

@@ -67,8 +67,10 @@ def format_epoch(cfg, metrics: dict) -> str:
             f"TailAcc {metrics['tail_acc']:.2f}% | MacroF1 {metrics['macro_f1']:.3f}")
 
 
-def prepare(argv: list[str] | None):
-    """Parse, resolve and validate everything a run needs, writing nothing. Returns (cfg, data, state)."""
+def prepare(argv: list[str] | None, ns: argparse.Namespace | None = None):
+    """Parse, resolve and validate everything a run needs, writing nothing. Returns (cfg, data, state).
+
+    ns: the command line already parsed by build_parser() or a parser built on it (retrain's), instead of argv."""
     from trainable.cli_config import resolve_config, scaled_note
     from trainable.data.dataset import load_data
     from trainable.devices import select_device
@@ -80,7 +82,7 @@ def prepare(argv: list[str] | None):
     )
     from trainable.train.schedule import describe
 
-    ns = build_parser().parse_args(argv)
+    ns = build_parser().parse_args(argv) if ns is None else ns
     state = load_checkpoint(ns.resume) if getattr(ns, "resume", None) else None
     cfg = resolve_config(ns, checkpoint_config=state["config"] if state else None)
     if state is not None and state["epoch"] >= cfg.epochs:

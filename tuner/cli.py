@@ -20,9 +20,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainable._compat import move_group_last, parser_dests
+from trainable._compat import move_group_last
 from trainable.config import TrainConfig
 from trainable.errors import UserError
+from tuner.tracking.hooks import add_search_arguments
 
 METRICS = ("macro_f1", "val_acc", "tail_acc")
 DEFAULTS = {
@@ -46,10 +47,11 @@ DEFAULTS = {
 # The demo search: 12 trials of the 12-epoch demo recipe cost ~2.8 full trainings with
 # successive halving at rf 4 (tuner.scheduler; bench P4), a few minutes on 2 CPU cores.
 DEMO_NUM_SAMPLES = 12
-# Flags that still mean something when continuing a search with --resume (the rest is
-# restored with the experiment: space, metric, scheduler, searcher, base config).
-# (--max-concurrent is not one: Tune restores its TuneConfig, concurrency included, from the experiment.)
-RESUME_FLAGS = {"storage_path", "address", "cpus_per_trial", "gpus_per_trial"}
+# Flags that still mean something when continuing a search with --resume: where it runs, and where
+# it logs (tuner.tracking.hooks' flags). The rest (space, metric, scheduler, searcher, base config,
+# and --max-concurrent with Tune's TuneConfig) is restored with the experiment.
+RESUME_FLAGS = {"storage_path", "address", "cpus_per_trial", "gpus_per_trial",
+                "mlflow_uri", "mlflow_experiment", "no_mlflow"}
 SUBCOMMANDS = {
     "ui": "start the MLflow UI for the tracking store (see `run_search.py ui --help`)",
     "export": "write the best trial's complete TrainConfig to a YAML file",
@@ -89,7 +91,7 @@ class SearchSettings:
     share_prefix: bool = True      # trainable.train.prefix: trials start from a shared prefix's checkpoint
     resume: bool = False
     explicit: set = field(default_factory=set)  # flags the user gave (for messages and hooks)
-    namespace: argparse.Namespace | None = None  # the parsed command line (for tracking hooks)
+    namespace: argparse.Namespace | None = None  # the parsed command line (tracking flags: tuner.tracking.hooks)
 
     @property
     def experiment_path(self) -> str:
@@ -150,24 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoints kept per trial: the K best plus the latest (default 2)")
     r.add_argument("--address", default=S, metavar="auto|ray://HOST:PORT|HOST:PORT",
                    help="run on an existing Ray cluster instead of starting a local one")
-    before = parser_dests(parser)
-    _add_plugin_arguments(parser)
-    parser.plugin_dests = parser_dests(parser) - before
+    add_search_arguments(parser)
     move_group_last(parser, "training configuration")  # the search's own flags before the ~70 TrainConfig ones
     return parser
-
-
-def _add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags owned by the tracking module (--mlflow-uri, ...), when it provides them."""
-    import importlib.util
-
-    if importlib.util.find_spec("tuner.tracking") is None:
-        return
-    from tuner import tracking
-
-    add = getattr(tracking, "add_search_arguments", None)
-    if add is not None:
-        add(parser)
 
 
 def parse_settings(argv: list[str] | None) -> SearchSettings:
@@ -184,7 +171,7 @@ def parse_settings(argv: list[str] | None) -> SearchSettings:
             hint = "drop --name for a fresh default name" if flag == "name" else "name the search to continue"
             raise UserError(f"--{flag} '': the name is empty; {hint}")
     if "resume" in given:
-        return _resume_settings(ns, given - parser.plugin_dests)
+        return _resume_settings(ns, given)
     opts = {**DEFAULTS, **{k: v for k, v in vars(ns).items() if k in DEFAULTS}}
 
     from trainable.cli_config import resolve_config
@@ -215,7 +202,7 @@ def _resume_settings(ns: argparse.Namespace, given: set) -> SearchSettings:
     """--resume NAME: everything but resources and storage comes from the experiment."""
     from tuner.experiment import read_meta
 
-    ignored = sorted(given - RESUME_FLAGS - {"resume"})  # plugin flags (tracking) are allowed
+    ignored = sorted(given - RESUME_FLAGS - {"resume"})
     if ignored:
         flags = ", ".join("--" + k.replace("_", "-").replace("config-file", "config") for k in ignored)
         raise UserError(f"--resume continues a search with the settings it was started with; drop {flags}")

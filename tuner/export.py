@@ -4,7 +4,8 @@ TrainConfig YAML, ready for `python run_search.py retrain --config best.yaml`.
 The best trial and its full config come from `search_summary.json` (written by the search
 when it ends). For a search that never finished, the best trial is read from the Tune
 experiment with ExperimentAnalysis and applied to the base config the search saved
-(`base_config.json` in the experiment directory).
+(`base_config.json` in the experiment directory). The YAML's header also says whether
+`run_search.py verify` checked this config against the seed recipe (its verify.json).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from trainable.errors import UserError
 
 SUMMARY = "search_summary.json"
 BASE_CONFIG = "base_config.json"
+VERIFY_FILE = "verify.json"  # written by `run_search.py verify` (tuner.verify) into the experiment directory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,8 +54,6 @@ def main(argv: list[str] | None = None) -> int:
         old = config.epochs
         config = rescale(config, args.epochs)
         note = f"epochs rescaled {old} -> {args.epochs} (stage schedule scaled with them)"
-    from tuner.verify import verified_note
-
     verified = verified_note(experiment_dir, best["config"])
     out = Path(args.out)
     write_config(out, config, header=header_lines(best, note) + [verified])
@@ -156,3 +156,23 @@ def load_config(path: str | Path) -> TrainConfig:
     if not isinstance(values, dict):
         raise UserError(f"{path}: expected a mapping of TrainConfig fields")
     return TrainConfig.from_dict(values, source=str(path)).validate()
+
+
+def verified_note(experiment_dir: Path, config: dict) -> str:
+    """What export says: whether this config was verified, and against what."""
+    path = Path(experiment_dir) / VERIFY_FILE
+    if not path.is_file():
+        return "not verified (run `run_search.py verify` to retrain it and the seed recipe on several seeds)"
+    try:
+        result = json.loads(path.read_text())
+        c = result["comparison"]["macro_f1"]
+        same = {k: v for k, v in result["winner"]["config"].items() if k != "seed"} == \
+               {k: v for k, v in config.items() if k != "seed"}
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"not verified ({path} is unreadable)"
+    if not same:
+        return f"not verified ({path} verified another config)"
+    verdict = "beyond seed noise" if c["beyond_noise"] else "within seed noise"
+    return (f"verified on {len(result['seeds'])} seeds against the seed recipe (trial "
+            f"{result['baseline_trial_id']}): macro-F1 {c['winner_mean']:.4f} ± {c['winner_std']:.4f} vs "
+            f"{c['baseline_mean']:.4f} ± {c['baseline_std']:.4f}, difference {c['difference']:+.4f} ({verdict})")

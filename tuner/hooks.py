@@ -1,16 +1,17 @@
-"""Extension points of a search, for tracking (MLflow) and anything else that rides along.
+"""What rides along with a search (MLflow tracking, a test's recorder): the SearchHooks contract.
 
-A hook object sees the search at four moments, all on the driver:
+A hook sees the search at five moments, all on the driver, in this order:
 
-    validate(settings)            before Ray starts; raise UserError to refuse (exit 2, nothing written)
+    validate(settings)            before anything is written; raise UserError to refuse (exit 2)
+    start(settings)               checks passed, a local Ray is about to start: begin slow set-up
+                                  in the background (not called with --address)
     callbacks(context) -> list    Tune callbacks to add (e.g. one MLflow child run per trial)
     finished(context, outcome)    after the search; outcome: "finished" | "interrupted" | "failed"
     resume_flags() -> list        flags the printed `--resume NAME` command must carry for this hook
 
-`tuner.search.run_search(settings, hooks=[...])` calls them in order. The command line
-collects hooks from `tuner.tracking.search_hooks(settings)` when that function exists
-(and `tuner.tracking.add_search_arguments(parser)` adds its flags), so tracking plugs in
-without the search knowing MLflow.
+and names in `driver_imports` the modules its callbacks() imports, which the search imports in a
+thread while ray.init waits. `tuner.search.run_search(settings, hooks)` calls them; without
+`hooks` it uses tuner.tracking.hooks.search_hooks(settings).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class SearchContext:
 
 class SearchHooks:
     """No-op base class; override what you need."""
+
+    driver_imports: tuple[str, ...] = ()
 
     def validate(self, settings) -> None:
         pass
@@ -62,20 +65,3 @@ class ResumeFlagsOnly(SearchHooks):
 
     def resume_flags(self) -> list[str]:
         return list(self.flags)
-
-
-def plugin_hooks(settings) -> list[SearchHooks]:
-    """Hooks that installed modules offer for this search (today: tuner.tracking, if present)."""
-    import importlib.util
-
-    if importlib.util.find_spec("tuner.tracking") is None:
-        return []
-    from tuner import tracking
-
-    make = getattr(tracking, "search_hooks", None)
-    if make is None:
-        return []
-    hooks = make(settings)
-    if hooks is None:
-        return []
-    return list(hooks) if isinstance(hooks, list | tuple) else [hooks]

@@ -25,14 +25,13 @@ search is not in this experiment, gives a top-level run (with a note).
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import sys
-import time
-from numbers import Number
 from pathlib import Path
 
-from tuner import tracking
+from tuner.tracking import runs, store
+from tuner.tracking.hooks import add_search_arguments, checked_target
+from tuner.tracking.ui import where_to_look
 
 SEARCH_PARENT_TAG = "croptune.search_parent_run_id"
 SOURCE_TRIAL_TAG = "croptune.source_trial"
@@ -43,17 +42,9 @@ MODEL_NAME = "model"
 _HEADER = re.compile(r"#\s*(experiment|trial|metric):\s*(.+?)\s*$")
 
 
-def tracking_parser() -> argparse.ArgumentParser:
-    from tuner.tracking_hooks import add_search_arguments
-
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    add_search_arguments(parser)
-    return parser
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """The training command's parser plus the tracking flags."""
     from trainable.cli import build_parser as trainable_parser
-    from tuner.tracking_hooks import add_search_arguments
 
     parser = trainable_parser()
     parser.prog = "run_search.py retrain"
@@ -67,23 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     from trainable.cli import prepare, train
     from trainable.errors import DivergedError
 
-    argv = sys.argv[1:] if argv is None else list(argv)
     ns = build_parser().parse_args(argv)  # every flag checked (and --help) before anything runs
-    ours, rest = tracking_parser().parse_known_args(argv)
-    uri = experiment = None
-    if not getattr(ours, "no_mlflow", False):
-        from tuner.tracking_hooks import MlflowSearchHooks
-
-        # the search's checks: blank flags, a bad $MLFLOW_TRACKING_URI named, a deleted experiment
-        check = MlflowSearchHooks(getattr(ours, "mlflow_uri", None), getattr(ours, "mlflow_experiment", "croptune"))
-        check.validate(None)
-        uri, experiment = check.uri, check.experiment
-    origin = search_origin(getattr(ns, "config_file", None))
-    cfg, data, state = prepare(rest)  # UserError for bad config / data / save dir; writes nothing
-    if uri is None:
+    target = checked_target(ns)  # the search's tracking checks; None with --no-mlflow
+    config_file = getattr(ns, "config_file", None)
+    origin = search_origin(config_file)
+    cfg, data, state = prepare(None, ns=ns)  # UserError for bad config / data / save dir; writes nothing
+    if target is None:
         return _report(train(cfg, data, state), cfg)
-    run = RetrainRun(uri, experiment)
-    run.start(cfg, origin, getattr(ns, "config_file", None))
+    run = RetrainRun(*target)
+    run.start(cfg, origin, config_file)
     try:
         metrics = train(cfg, data, state, on_epoch=run.log_epoch)
         run.log_outputs(cfg)
@@ -101,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     code = _report(metrics, cfg)
     if run.model_uri:
         print(f"model: {run.model_uri} (mlflow.pytorch.load_model)")
-    print(tracking.where_to_look(uri, run.experiment_id, run.run_id), flush=True)
+    print(where_to_look(run.uri, run.experiment_id, run.run_id), flush=True)
     return code
 
 
@@ -148,17 +131,6 @@ def _pickle_requirements() -> list[str]:
     return [f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}", f"numpy=={np.__version__}"]
 
 
-def log_epoch_metrics(client, run_id: str, result) -> None:
-    """Every finite numeric metric of one fit() epoch, step = epoch (retrain and verify runs)."""
-    from mlflow.entities import Metric
-
-    now, step = int(time.time() * 1000), int(result.epoch)
-    batch = [Metric(key, float(value), now, step) for key, value in result.metrics.items()
-             if isinstance(value, Number) and not isinstance(value, bool) and math.isfinite(value)]
-    if batch:
-        client.log_batch(run_id, metrics=batch)
-
-
 class RetrainRun:
     """The MLflow run of one retrain, written through MlflowClient (no global MLflow state
     except for log_model, which needs an active run)."""
@@ -168,21 +140,20 @@ class RetrainRun:
         self.client = self.experiment_id = self.run_id = self.model_uri = None
 
     def start(self, cfg, origin: dict, config_file: str | None) -> None:
-        self.client = tracking.client_for(self.uri)
-        self.experiment_id = tracking.ensure_experiment(self.client, self.experiment)
-        tags = {tracking.ROLE_TAG: "retrain", "mlflow.source.name": "run_search.py retrain",
+        self.client, self.experiment_id = store.open_experiment(self.uri, self.experiment)
+        tags = {runs.ROLE_TAG: "retrain", "mlflow.source.name": "run_search.py retrain",
                 "mlflow.source.type": "LOCAL", "save_dir": str(Path(cfg.save_dir).resolve())}
         if config_file:
             tags["config_file"] = str(Path(config_file).resolve())
-        commit = tracking.git_commit(Path(__file__).resolve().parents[1])
+        commit = runs.git_commit()
         if commit:
             tags["mlflow.source.git.commit"] = commit
         tags.update(self._lineage(origin))
         name = f"retrain-{origin['trial']}" if origin.get("trial") else "retrain"
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         self.run_id = run.info.run_id
-        tracking.log_params(self.client, self.run_id, cfg.to_dict())
-        print(tracking.where_to_look(self.uri, self.experiment_id, self.run_id), flush=True)
+        runs.log_params(self.client, self.run_id, cfg.to_dict())
+        print(where_to_look(self.uri, self.experiment_id, self.run_id), flush=True)
 
     def _lineage(self, origin: dict) -> dict:
         search = origin.get("experiment")
@@ -190,35 +161,26 @@ class RetrainRun:
             if origin:
                 print("note: the config names no search; the retrain run is not linked to one")
             return {}
-        tags = {tracking.SEARCH_TAG: search}
+        tags = {runs.SEARCH_TAG: search}
         if origin.get("trial"):
             tags[SOURCE_TRIAL_TAG] = origin["trial"]
         if origin.get("metric"):
             tags[SOURCE_METRIC_TAG] = origin["metric"]  # e.g. "macro_f1 = 0.41 (max)": what to compare with
-        parent = tracking.find_parent_run(self.client, self.experiment_id, search)
+        parent = runs.find_parent_run(self.client, self.experiment_id, search)
         if parent is None:
             print(f"note: no search {search!r} in MLflow experiment {self.experiment!r}; the retrain run "
                   f"is not nested under it (pass the search's --mlflow-experiment / --mlflow-uri)")
             return tags
         parent_id = parent.info.run_id
-        tags.update({SEARCH_PARENT_TAG: parent_id, tracking.PARENT_TAG: parent_id})
-        trial_run = self._trial_run(parent_id, origin.get("trial"))
+        tags.update({SEARCH_PARENT_TAG: parent_id, runs.PARENT_TAG: parent_id})
+        trial = origin.get("trial")
+        trial_run = runs.find_trial_run(self.client, self.experiment_id, parent_id, trial) if trial else None
         if trial_run:
             tags[SOURCE_TRIAL_RUN_TAG] = trial_run
         return tags
 
-    def _trial_run(self, parent_id: str, trial_id: str | None) -> str | None:
-        if not trial_id:
-            return None
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{tracking.TRIAL_TAG}` = '{tracking._quote(trial_id)}' and "
-                          f"tags.`{tracking.PARENT_TAG}` = '{tracking._quote(parent_id)}'",
-            max_results=1)
-        return runs[0].info.run_id if runs else None
-
     def log_epoch(self, result) -> None:
-        log_epoch_metrics(self.client, self.run_id, result)
+        runs.log_epoch_metrics(self.client, self.run_id, result)
 
     def log_outputs(self, cfg) -> None:
         save_dir = Path(cfg.save_dir)

@@ -33,10 +33,11 @@ from tuner.experiment import (
     write_json_atomic,
     write_meta,
 )
-from tuner.hooks import SearchContext, plugin_hooks
+from tuner.hooks import SearchContext
 from tuner.prepare import prepare_search, seed_point
 from tuner.resources import probe_address
 from tuner.summary import build_summary, format_report, trial_records
+from tuner.tracking.hooks import search_hooks
 
 TIME_ATTR = "epoch"
 INTERRUPTED_EXIT = 130
@@ -53,9 +54,6 @@ LOCAL_RAY_CONFIG = {"enable_worker_prestart": False, "prestart_worker_first_driv
 # needs no torch; importing it in a thread while ray.init() mostly waits for Ray's processes
 # takes it off the path to the first trial (Tune's own import then finds it done).
 TUNE_DRIVER_IMPORTS = ("tensorboardX",)
-# The same for what a hook's callbacks() imports right after ray.init (by the hook's module):
-# MLflow's client takes seconds to import, and the first trial waits for it.
-HOOK_IMPORTS = {"tuner.tracking_hooks": ("mlflow",)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_search(settings, hooks=None) -> int:
-    """Run (or, with settings.resume, continue) a search; returns the process exit code."""
-    hooks = plugin_hooks(settings) if hooks is None else list(hooks)
+    """Run (or, with settings.resume, continue) a search; returns the process exit code.
+
+    hooks: what rides along (tuner.hooks); default MLflow tracking, or none with --no-mlflow."""
+    hooks = search_hooks(settings) if hooks is None else list(hooks)
     prepare_search(settings, hooks)  # UserError -> exit 2, nothing written
     if settings.resume:
         check_checkpoints(settings)
@@ -86,7 +86,7 @@ def run_search(settings, hooks=None) -> int:
     import ray
 
     # while ray.init waits for Ray's processes; in the order the driver needs them
-    hook_imports = tuple(name for hook in hooks for name in HOOK_IMPORTS.get(type(hook).__module__, ()))
+    hook_imports = tuple(name for hook in hooks for name in getattr(hook, "driver_imports", ()))
     _import_in_background(hook_imports + TUNE_DRIVER_IMPORTS)
     try:
         owns_ray = connect(settings)

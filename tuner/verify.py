@@ -27,15 +27,16 @@ from pathlib import Path
 
 from trainable.config import TrainConfig
 from trainable.errors import UserError
+from tuner.export import BASE_CONFIG, VERIFY_FILE, best_trial, find_experiment
+from tuner.tracking import runs, store
+from tuner.tracking.hooks import add_search_arguments, checked_target
+from tuner.tracking.ui import where_to_look
 
-VERIFY_FILE = "verify.json"
 METRICS = ("macro_f1", "val_acc", "tail_acc")
 GROUPS = ("winner", "baseline")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tuner.tracking_hooks import add_search_arguments
-
     parser = argparse.ArgumentParser(
         prog="run_search.py verify", allow_abbrev=False,
         description="Retrain the search's winner and its seed recipe (trial 0) on several training "
@@ -53,8 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     if ns.seeds < 2:
         raise UserError(f"--seeds {ns.seeds}: need at least 2 seeds to estimate seed noise")
-    from tuner.export import best_trial, find_experiment
-
     experiment_dir = find_experiment(ns.experiment, ns.storage_path)
     best = best_trial(experiment_dir)
     winner = TrainConfig.from_dict(best["config"], source=f"{experiment_dir}: best_config").validate()
@@ -104,7 +103,6 @@ def main(argv: list[str] | None = None) -> int:
 def baseline_trial(experiment_dir: Path) -> tuple[str, TrainConfig]:
     """Trial 0 (the first trial Tune created: the seed point) as (trial id, full config)."""
     from search_spaces import overrides_from_config
-    from tuner.export import BASE_CONFIG
 
     base_path = experiment_dir / BASE_CONFIG
     if not base_path.is_file():
@@ -182,26 +180,6 @@ def format_verify(result: dict) -> str:
     return "\n".join(lines)
 
 
-def verified_note(experiment_dir: Path, config: dict) -> str:
-    """What export says: whether this config was verified, and against what."""
-    path = Path(experiment_dir) / VERIFY_FILE
-    if not path.is_file():
-        return "not verified (run `run_search.py verify` to retrain it and the seed recipe on several seeds)"
-    try:
-        result = json.loads(path.read_text())
-        c = result["comparison"]["macro_f1"]
-        same = {k: v for k, v in result["winner"]["config"].items() if k != "seed"} == \
-               {k: v for k, v in config.items() if k != "seed"}
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"not verified ({path} is unreadable)"
-    if not same:
-        return f"not verified ({path} verified another config)"
-    verdict = "beyond seed noise" if c["beyond_noise"] else "within seed noise"
-    return (f"verified on {len(result['seeds'])} seeds against the seed recipe (trial "
-            f"{result['baseline_trial_id']}): macro-F1 {c['winner_mean']:.4f} ± {c['winner_std']:.4f} vs "
-            f"{c['baseline_mean']:.4f} ± {c['baseline_std']:.4f}, difference {c['difference']:+.4f} ({verdict})")
-
-
 class VerifyTracker:
     """verify's MLflow runs: one per training, nested under the search's parent run."""
 
@@ -210,11 +188,8 @@ class VerifyTracker:
         self.client = self.experiment_id = self.parent_id = None
         if uri is None:
             return
-        from tuner import tracking
-
-        self.client = tracking.client_for(uri)
-        self.experiment_id = tracking.ensure_experiment(self.client, experiment)
-        parent = tracking.find_parent_run(self.client, self.experiment_id, search)
+        self.client, self.experiment_id = store.open_experiment(uri, experiment)
+        parent = runs.find_parent_run(self.client, self.experiment_id, search)
         self.parent_id = parent.info.run_id if parent else None
         if parent is None:
             print(f"note: no search {search!r} in MLflow experiment {experiment!r}; the verify runs are "
@@ -222,33 +197,23 @@ class VerifyTracker:
 
     @classmethod
     def from_namespace(cls, ns, search: str) -> VerifyTracker:
-        if getattr(ns, "no_mlflow", False):
-            return cls(None, "", search)
-        from tuner.tracking_hooks import MlflowSearchHooks
-
-        # the search's checks: blank flags, a bad $MLFLOW_TRACKING_URI named, a deleted experiment
-        check = MlflowSearchHooks(getattr(ns, "mlflow_uri", None), getattr(ns, "mlflow_experiment", "croptune"))
-        check.validate(None)
-        return cls(check.uri, check.experiment, search)
+        target = checked_target(ns)  # the search's tracking checks; None with --no-mlflow
+        return cls(None, "", search) if target is None else cls(*target, search)
 
     def start(self, group: str, cfg: TrainConfig):
         if self.client is None:
             return None
-        from tuner import tracking
-
-        tags = {tracking.ROLE_TAG: "verify", "verify": "true", "verify_group": group, "seed": str(cfg.seed),
-                tracking.SEARCH_TAG: self.search, "mlflow.source.name": "run_search.py verify"}
+        tags = {runs.ROLE_TAG: "verify", "verify": "true", "verify_group": group, "seed": str(cfg.seed),
+                runs.SEARCH_TAG: self.search, "mlflow.source.name": "run_search.py verify"}
         if self.parent_id:
-            tags[tracking.PARENT_TAG] = self.parent_id
+            tags[runs.PARENT_TAG] = self.parent_id
         run = self.client.create_run(self.experiment_id, run_name=f"verify-{group}-seed{cfg.seed}", tags=tags)
-        tracking.log_params(self.client, run.info.run_id, cfg.to_dict())
+        runs.log_params(self.client, run.info.run_id, cfg.to_dict())
         return run.info.run_id
 
     def log_epoch(self, run_id, result) -> None:
         if run_id is not None:
-            from tuner.retrain import log_epoch_metrics
-
-            log_epoch_metrics(self.client, run_id, result)
+            runs.log_epoch_metrics(self.client, run_id, result)
 
     def end(self, run_id, status: str) -> None:
         if run_id is not None:
@@ -256,6 +221,4 @@ class VerifyTracker:
 
     def finish(self) -> None:
         if self.client is not None:
-            from tuner import tracking
-
-            print(tracking.where_to_look(self.uri, self.experiment_id, self.parent_id), flush=True)
+            print(where_to_look(self.uri, self.experiment_id, self.parent_id), flush=True)

@@ -1,4 +1,5 @@
-"""`python run_search.py ui`: an MLflow server on 127.0.0.1 for the search's tracking store.
+"""`python run_search.py ui`: an MLflow server on 127.0.0.1 for the search's tracking store, and
+where_to_look(), the line every command prints to say where its runs are.
 
 It prints the URL of the experiment's model-training runs view (not the GenAI traces page an
 MLflow 3 experiment otherwise opens on). `start_server`, `wait_until_up` and `stop_server`
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -19,15 +21,29 @@ import urllib.error
 import urllib.parse
 
 from trainable.errors import UserError
-from tuner.tracking import (
-    DEFAULT_PORT,
-    _request,
-    artifact_root,
-    preflight,
-    resolve_tracking_uri,
-    runs_url,
-    sqlite_path,
-)
+from tuner.tracking.store import api_request, artifact_root, preflight, resolve_tracking_uri, sqlite_path
+
+DEFAULT_PORT = 5000
+
+
+def runs_url(base_url: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The UI page of the experiment's model-training runs view (or of one run)."""
+    base = base_url.rstrip("/")
+    page = f"runs/{run_id}" if run_id else "runs"
+    return f"{base}/#/experiments/{experiment_id}/{page}?workflowType=machine_learning"
+
+
+def where_to_look(uri: str, experiment_id: str, run_id: str | None = None,
+                  port: int = DEFAULT_PORT) -> str:
+    """One line telling the user where to see the runs in the MLflow UI.
+
+    The printed `ui` command carries --mlflow-uri unless `ui` without it, run from here, opens `uri`.
+    """
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow: {runs_url(uri, experiment_id, run_id)}"
+    url = runs_url(f"http://127.0.0.1:{port}", experiment_id, run_id)
+    flags = [] if uri == resolve_tracking_uri(None) else ["--mlflow-uri", uri]
+    return f"MLflow: run `{shlex.join(['python', 'run_search.py', 'ui', *flags])}` then open {url}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python run_search.py ui [--port P] [--host H] [--mlflow-uri URI] [--mlflow-experiment NAME]`."""
     args = build_parser().parse_args(argv)
     check_arguments(args)
     uri = resolve_tracking_uri(args.mlflow_uri)
@@ -140,7 +157,7 @@ def wait_until_up(base_url: str, process: subprocess.Popen | None, timeout: floa
             raise UserError(f"mlflow server exited with code {process.returncode} before answering "
                             f"on {base_url}")
         try:
-            with _request(f"{base_url}/health", timeout=2) as response:
+            with api_request(f"{base_url}/health", timeout=2) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, OSError):
@@ -178,7 +195,7 @@ def _signal_group(pgid: int, sig: int) -> None:
 def experiment_id_by_name(base_url: str, name: str) -> str | None:
     query = urllib.parse.urlencode({"experiment_name": name})
     try:
-        with _request(f"{base_url.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?{query}", 10) as resp:
+        with api_request(f"{base_url.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?{query}", 10) as resp:
             return json.loads(resp.read())["experiment"]["experiment_id"]
     except (urllib.error.URLError, OSError, KeyError, ValueError):
         return None

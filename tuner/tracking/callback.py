@@ -26,7 +26,8 @@ from pathlib import Path
 from ray.tune import Callback
 
 from trainable.config import field_names
-from tuner.tracking import PARENT_TAG, ROLE_TAG, TRIAL_TAG, _quote, client_for, log_params
+from tuner.tracking.runs import PARENT_TAG, ROLE_TAG, TRIAL_TAG, find_trial_run, log_params
+from tuner.tracking.store import client_for
 
 DIVERGED = re.compile(r"DivergedError|TrialDiverged|\bdiverged:")
 # Ray's bookkeeping in every result: not training metrics.
@@ -210,12 +211,7 @@ class MlflowTrialCallback(Callback):
         return run_id
 
     def _find_run(self, trial_id: str) -> str | None:
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{TRIAL_TAG}` = '{_quote(trial_id)}' and "
-                          f"tags.`{PARENT_TAG}` = '{_quote(self.parent_run_id)}'",
-            max_results=1)
-        return runs[0].info.run_id if runs else None
+        return find_trial_run(self.client, self.experiment_id, self.parent_run_id, trial_id)
 
     def _create_run(self, trial) -> str:
         config = dict(trial.config or {})

@@ -1,19 +1,13 @@
-"""MLflow tracking for a search: the store, the experiment, the parent run and the UI.
+"""The MLflow tracking store: where it is, whether a search can log to it, and a client for it.
 
-Every function runs on the driver. Trials never talk to MLflow: `MlflowTrialCallback`
-(tuner/tracking_callback.py) logs them from the driver as nested child runs, and
-tuner/tracking_artifacts.py adds the end-of-search plots.
+Every function runs on the driver and is cheap to import (mlflow is imported only by
+`client_for` and `ensure_experiment`):
 
-    uri = resolve_tracking_uri(args.mlflow_uri)       # absolute; before Ray starts
-    preflight(uri)                                     # UserError if unusable, in seconds
-    client = MlflowClient(uri)
-    experiment_id = ensure_experiment(client, args.mlflow_experiment)
-    parent = start_parent_run(client, experiment_id, name, params=..., resume=bool(args.resume))
-    ... Tuner(..., RunConfig(callbacks=[MlflowTrialCallback(uri, experiment_id, parent, base.to_dict())]))
-    finish_parent_run(client, parent, "FINISHED" | "FAILED" | "KILLED")
-    print(where_to_look(uri, experiment_id, parent))
-
-mlflow is imported lazily: `run_search.py --help` and `ui` stay fast.
+    uri = resolve_tracking_uri(args.mlflow_uri)       # once, absolute, before Ray starts
+    preflight(uri, requested=args.mlflow_uri)          # UserError if unusable, in seconds
+    preflight_experiment(uri, "croptune")              # UserError if the experiment is deleted
+    client = client_for(uri)                           # creates a new SQLite store under a lock
+    experiment_id = ensure_experiment(client, "croptune")
 """
 
 from __future__ import annotations
@@ -26,7 +20,6 @@ import os
 import shlex
 import sqlite3
 import ssl
-import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -37,17 +30,11 @@ from trainable.errors import UserError
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # the UI opens on runs, not on GenAI traces
-PARENT_TAG = "mlflow.parentRunId"
-SEARCH_TAG = "croptune.search"     # parent run: the Tune experiment name
-ROLE_TAG = "croptune.role"         # "search" (parent) | "trial" (child) | "retrain"
-TRIAL_TAG = "trial_id"             # child run: the Tune trial id
-DEFAULT_PORT = 5000
 SQLITE_HEADER = b"SQLite format 3\x00"
 STORE_LOCK_TIMEOUT = 120.0  # creating a store takes seconds; a holder this long is stuck
 _SQL_SCHEMES = ("postgresql", "mysql", "mssql", "databricks", "databricks-uc")
 
 
-# ------------------------------------------------------------------ the store
 def resolve_tracking_uri(uri: str | None = None, cwd: str | Path | None = None) -> str:
     """The tracking URI every process should use, made absolute on the driver.
 
@@ -76,25 +63,20 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
-def from_environment(requested: str | None, uri: str) -> bool:
-    """Whether `uri` is what $MLFLOW_TRACKING_URI resolves to and no flag gave one."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    return not requested and bool(env) and resolve_tracking_uri(env) == uri
-
-
 def preflight(uri: str, timeout: float = 5.0, requested: str | None = None) -> None:
     """Fail in seconds, with one line, if the search could not log to `uri`.
 
-    MLflow's own HTTP client retries for minutes; this uses one short request of its own.
-    requested: the --mlflow-uri given, if any (without one, a URI from $MLFLOW_TRACKING_URI
-    is named as such in the error: the user may not know the variable is set).
+    uri: resolve_tracking_uri(requested). MLflow's own HTTP client retries for minutes; this
+    uses one short request of its own. Without a `requested` --mlflow-uri the URI came from
+    $MLFLOW_TRACKING_URI when that is set, and the error names the variable: the user may not
+    know it is set.
     """
     try:
         _preflight(uri, timeout)
     except UserError as exc:
-        if not from_environment(requested, uri):
+        env = os.environ.get("MLFLOW_TRACKING_URI")
+        if requested or not env:
             raise
-        env = os.environ["MLFLOW_TRACKING_URI"]
         raise UserError(f"{exc} (the URI came from the environment variable "
                         f"MLFLOW_TRACKING_URI={shlex.quote(env)}: fix or unset it)") from None
 
@@ -135,7 +117,8 @@ def _preflight_sqlite(uri: str) -> None:
                         f"(not writable)")
 
 
-def _request(url: str, timeout: float):
+def api_request(url: str, timeout: float):
+    """A GET to an MLflow server with the credentials MLflow's own client would send."""
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     token = os.environ.get("MLFLOW_TRACKING_TOKEN")
     user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
@@ -153,7 +136,7 @@ def _request(url: str, timeout: float):
 def _preflight_server(uri: str, timeout: float) -> None:
     url = f"{uri}/api/2.0/mlflow/experiments/search?max_results=1"
     try:
-        with _request(url, timeout) as response:
+        with api_request(url, timeout) as response:
             body = response.read()
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
@@ -172,7 +155,7 @@ def _preflight_server(uri: str, timeout: float) -> None:
                         f"check --mlflow-uri") from None
 
 
-# ------------------------------------------------------------------ experiment and parent run
+# ------------------------------------------------------------------ client and experiment
 def client_for(uri: str):
     """An MlflowClient whose store is open: a new SQLite store is created (schema and all
     migrations) under an exclusive lock, so two drivers starting at once do not both migrate it."""
@@ -250,6 +233,12 @@ def ensure_experiment(client, name: str, artifact_location: str | None = None) -
     return experiment.experiment_id
 
 
+def open_experiment(uri: str, name: str):
+    """(client, experiment id) of experiment `name` in the store at `uri`; both are created if missing."""
+    client = client_for(uri)
+    return client, ensure_experiment(client, name)
+
+
 def preflight_experiment(uri: str, name: str, timeout: float = 5.0) -> None:
     """Before Ray starts: refuse a blank experiment name, or one the store holds as deleted
     (read without MLflow and without creating the store: a sqlite query or one HTTP request)."""
@@ -284,7 +273,7 @@ def _experiment_state(uri: str, name: str, timeout: float) -> tuple[str, str] | 
     if uri.startswith(("http://", "https://")):
         query = urllib.parse.urlencode({"experiment_name": name})
         try:
-            with _request(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?{query}", timeout) as resp:
+            with api_request(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?{query}", timeout) as resp:
                 experiment = json.loads(resp.read())["experiment"]
             return str(experiment["experiment_id"]), str(experiment.get("lifecycle_stage", "active"))
         except (urllib.error.URLError, OSError, KeyError, TypeError, ValueError):  # 404: no such experiment
@@ -294,111 +283,3 @@ def _experiment_state(uri: str, name: str, timeout: float) -> tuple[str, str] | 
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "experiment"
-
-
-def git_commit(cwd: str | Path | None = None) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                             timeout=5, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def log_params(client, run_id: str, params: dict) -> None:
-    """Log params as strings, in batches MLflow accepts (100 per call, 6000 chars each)."""
-    from mlflow.entities import Param
-
-    items = [Param(str(k), _param_value(v)) for k, v in params.items()]
-    for start in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[start:start + 100])
-
-
-def _param_value(value) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text[:6000]
-
-
-def find_parent_run(client, experiment_id: str, search_name: str):
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{SEARCH_TAG}` = '{_quote(search_name)}' and tags.`{ROLE_TAG}` = 'search'",
-        max_results=1, order_by=["attributes.start_time DESC"])
-    return runs[0] if runs else None
-
-
-def _quote(value: str) -> str:
-    return str(value).replace("'", "\\'")
-
-
-def start_parent_run(client, experiment_id: str, search_name: str, params: dict | None = None,
-                     tags: dict | None = None, resume: bool = False) -> str:
-    """Create the search's parent run (or, with resume, reopen the one of the same search)."""
-    if resume:
-        run = find_parent_run(client, experiment_id, search_name)
-        if run is not None:
-            client.update_run(run.info.run_id, status="RUNNING")
-            client.set_tag(run.info.run_id, "resumed", "true")
-            return run.info.run_id
-    all_tags = {SEARCH_TAG: search_name, ROLE_TAG: "search", "mlflow.source.name": "run_search.py",
-                "mlflow.source.type": "LOCAL", **(tags or {})}
-    commit = git_commit(Path(__file__).resolve().parents[1])  # croptune's code, not the cwd
-    if commit and "mlflow.source.git.commit" not in all_tags:
-        all_tags["mlflow.source.git.commit"] = commit
-    run = client.create_run(experiment_id, run_name=search_name, tags=all_tags)
-    if params:
-        log_params(client, run.info.run_id, params)
-    return run.info.run_id
-
-
-def finish_parent_run(client, run_id: str, status: str = "FINISHED") -> None:
-    """Mark the parent FINISHED, FAILED or KILLED (Ctrl-C)."""
-    if status not in ("FINISHED", "FAILED", "KILLED"):
-        raise ValueError(f"status must be FINISHED, FAILED or KILLED, not {status!r}")
-    client.set_terminated(run_id, status=status)
-
-
-# ------------------------------------------------------------------ where to look
-def runs_url(base_url: str, experiment_id: str, run_id: str | None = None) -> str:
-    """The UI page of the experiment's model-training runs view (or of one run)."""
-    base = base_url.rstrip("/")
-    page = f"runs/{run_id}" if run_id else "runs"
-    return f"{base}/#/experiments/{experiment_id}/{page}?workflowType=machine_learning"
-
-
-def where_to_look(uri: str, experiment_id: str, run_id: str | None = None,
-                  port: int = DEFAULT_PORT) -> str:
-    """One line telling the user where to see the runs in the MLflow UI."""
-    if uri.startswith(("http://", "https://")):
-        return f"MLflow: {runs_url(uri, experiment_id, run_id)}"
-    url = runs_url(f"http://127.0.0.1:{port}", experiment_id, run_id)
-    flags = [] if uri == resolve_tracking_uri(None) else ["--mlflow-uri", uri]
-    return f"MLflow: run `{shlex.join(['python', 'run_search.py', 'ui', *flags])}` then open {url}"
-
-
-def ui_main(argv: list[str] | None = None) -> int:
-    """`python run_search.py ui [--port P] [--host H] [--mlflow-uri URI] [--mlflow-experiment NAME]`."""
-    from tuner.tracking_ui import main
-
-    return main(argv)
-
-
-def __getattr__(name: str):
-    # Lazy re-exports: importing tuner.tracking must not import Ray, mlflow or matplotlib.
-    if name in ("add_search_arguments", "search_hooks"):
-        # What tuner.cli / tuner.hooks look for: with these, every search logs to MLflow
-        # (--no-mlflow turns it off). Lazy, not `from tuner.tracking_hooks import ...` at the
-        # top: tracking_hooks imports this module, so either could otherwise be imported first.
-        from tuner import tracking_hooks
-
-        return getattr(tracking_hooks, name)
-    if name == "MlflowTrialCallback":
-        from tuner.tracking_callback import MlflowTrialCallback
-
-        return MlflowTrialCallback
-    if name in ("log_search_artifacts", "log_best_trial_artifacts", "log_confusion_matrix",
-                "tables_from_results"):
-        from tuner import tracking_artifacts
-
-        return getattr(tracking_artifacts, name)
-    raise AttributeError(name)
