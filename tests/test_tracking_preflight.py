@@ -1,5 +1,5 @@
 """Tracking input checked before Ray starts, printed commands that paste back, and a new SQLite
-store created by two drivers at once (issue 12: points 3, 9, 19, 20, 22, 23, 24)."""
+store created by two drivers at once."""
 
 from __future__ import annotations
 

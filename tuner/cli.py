@@ -44,8 +44,7 @@ DEFAULTS = {
     "sampler": "tpe",
     "share_prefix": True,
 }
-# The demo search: 12 trials of the 12-epoch demo recipe cost ~2.8 full trainings with
-# successive halving at rf 4 (tuner.scheduler; bench P4), a few minutes on 2 CPU cores.
+# The demo search's trials: enough for ASHA at rf 4 to rank, few enough for minutes on a laptop (bench P4).
 DEMO_NUM_SAMPLES = 12
 # Flags that still mean something when continuing a search with --resume: where it runs, and where
 # it logs (tuner.tracking.hooks' flags). The rest (space, metric, scheduler, searcher, base config,

@@ -43,16 +43,11 @@ TIME_ATTR = "epoch"
 INTERRUPTED_EXIT = 130
 NO_RESULT_EXIT = 1  # the search ran but no trial reported a score: nothing to export
 PREFIX_DIR = "prefixes"  # trainable.train.prefix's store, in the experiment directory; removed when the search finishes
-# Ray prestarts one idle worker per CPU at start-up. Tune creates every trial actor with a
-# runtime_env of its own (env var PL_DISABLE_FORK, ray.tune.execution.class_cache), and a worker
-# serves only tasks/actors of its own runtime env, so those workers never run a trial: each
-# costs ~85 MiB RSS and ~0.8 s of CPU while the driver and the first trials start (measured
-# with 2 CPUs; a 64-CPU machine would start 64 of them). Only for the Ray this process starts.
+# Tune gives every trial actor a runtime_env of its own (ray.tune.execution.class_cache), so the idle
+# workers Ray prestarts, one per CPU, never run a trial and only slow the start; for a Ray we start.
 LOCAL_RAY_CONFIG = {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
-# Tune's default TensorBoard logger imports tensorboardX when fit() starts, and tensorboardX
-# imports torch (seconds of CPU) just before the first trial is launched. The driver itself
-# needs no torch; importing it in a thread while ray.init() mostly waits for Ray's processes
-# takes it off the path to the first trial (Tune's own import then finds it done).
+# Tune's TensorBoard logger imports tensorboardX, and with it torch, right before the first trial:
+# imported in a thread while ray.init waits, it is off the first trial's path.
 TUNE_DRIVER_IMPORTS = ("tensorboardX",)
 
 

@@ -178,7 +178,7 @@ def store_lock(db_path: Path, timeout: float = STORE_LOCK_TIMEOUT):
     would drop SQLite's own (POSIX) locks held by this process."""
     try:
         fd = os.open(db_path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:  # preflight checked the directory; a store it cannot lock is opened as before
+    except OSError:  # preflight checked the directory; a store it cannot lock is opened unlocked
         yield
         return
     try:
@@ -192,7 +192,7 @@ def store_lock(db_path: Path, timeout: float = STORE_LOCK_TIMEOUT):
                     raise UserError(f"MLflow store {db_path}: another process has been creating or "
                                     f"opening it for over {timeout:.0f} s; stop it and retry") from None
                 time.sleep(0.1)
-            except OSError:  # a file system without flock (some network mounts): no lock, as before
+            except OSError:  # a file system without flock (some network mounts): opened unlocked
                 break
         yield
     finally:
