@@ -1,4 +1,7 @@
-"""Shared fixtures: every test gets its own cache dir, so nothing touches ~/.cache/croptune."""
+"""Shared fixtures: every test gets its own cache dir, so nothing touches ~/.cache/croptune.
+
+Shared helper functions live in tests/helpers.py (test modules never import from each other).
+"""
 
 import pytest
 
@@ -9,6 +12,16 @@ def croptune_cache(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.mktemp("croptune-cache")
     monkeypatch.setenv("CROPTUNE_CACHE_DIR", str(cache))
     return cache
+
+
+@pytest.fixture(scope="module")
+def search_data(tmp_path_factory):
+    """Tiny synthetic data in the seed layout (32 px, 2-6 train images per class) for a module's searches."""
+    from trainable.data.demo.dataset import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("search-data")
+    return write_synthetic_dataset(root / "data", seed=0, max_per_class=6, min_per_class=2, val_per_class=1,
+                                   image_size=32)
 
 
 @pytest.fixture
@@ -43,7 +56,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def mlflow_ui(tmp_path_factory):
     """One MLflow server for the whole test session, started the way users start it
-    (`run_search.py ui` -> ui_main, which runs `mlflow server --backend-store-uri sqlite:///...`
+    (`run_search.py ui` -> tuner.tracking.ui.main, which runs `mlflow server --backend-store-uri sqlite:///...`
     on 127.0.0.1). Started, not yet awaited: `mlflow_server` waits for it (so a module can
     start Ray meanwhile). Tests share it: use an experiment name of your own."""
     import signal
@@ -54,12 +67,12 @@ def mlflow_ui(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
     port = _free_port()
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    code = "import sys; from tuner.tracking import ui_main; sys.exit(ui_main(sys.argv[1:]))"
+    code = "import sys; from tuner.tracking.ui import main; sys.exit(main(sys.argv[1:]))"
     with open(root / "server.log", "wb") as log:
         ui = subprocess.Popen([sys.executable, "-c", code, "--port", str(port), "--mlflow-uri", uri],
                               cwd=root, stdout=subprocess.PIPE, stderr=log, text=True)
     yield {"process": ui, "port": port, "log": root / "server.log", "root": root, "uri": uri}
-    ui.send_signal(signal.SIGINT)  # Ctrl-C: ui_main stops the server and its helpers
+    ui.send_signal(signal.SIGINT)  # Ctrl-C: ui.main stops the server and its helpers
     ui.wait(timeout=30)
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0, "the MLflow server outlived `ui`"

@@ -6,42 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import SIZE, cached_files, make_dataset, write_png
 from PIL import Image
 
 from trainable.config import TrainConfig
 from trainable.data import image_cache
 from trainable.data.dataset import cache_size, load_data, validate_data
 from trainable.errors import UserError
-
-SIZE = 16
-
-
-def _png(path: Path, colour, size=(20, 24)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, tuple(colour)).save(path)
-
-
-def make_dataset(root: Path, train_labels=(0, 0, 0, 5, 5, 60), val_labels=(0, 5, 60), header="image,label_61",
-                 extra=None):
-    """A tiny seed-layout dataset with one solid-colour PNG per row; returns a TrainConfig for it."""
-    for split, labels in (("train", train_labels), ("val", val_labels)):
-        lines = [header]
-        for i, label in enumerate(labels):
-            name = f"img_{i}.png"
-            _png(root / split / name, (label * 4, i * 10, 100))
-            row = f"{name},{label}" + (f",{extra(label)}" if extra else "")
-            lines.append(row)
-        meta = root / "metadata" / f"{split}_metadata.csv"
-        meta.parent.mkdir(parents=True, exist_ok=True)
-        meta.write_text("\n".join(lines) + "\n")
-    return config_for(root)
-
-
-def config_for(root: Path, **changes) -> TrainConfig:
-    return TrainConfig(train_dir=str(root / "train"), val_dir=str(root / "val"),
-                       train_meta=str(root / "metadata" / "train_metadata.csv"),
-                       val_meta=str(root / "metadata" / "val_metadata.csv"),
-                       class_weights="", image_size=SIZE, progressive_image_size=SIZE, num_workers=0, **changes)
 
 
 def with_weights(cfg: TrainConfig, text: str) -> TrainConfig:
@@ -54,10 +25,6 @@ def with_weights(cfg: TrainConfig, text: str) -> TrainConfig:
 def snapshot(*folders: Path) -> dict:
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for folder in folders if folder.exists()
             for p in sorted(folder.rglob("*"))}
-
-
-def cached_files(cache: Path) -> list[Path]:
-    return [p for p in cache.rglob("*") if p.is_file()]
 
 
 def test_load_basic(tmp_path, croptune_cache):
@@ -146,7 +113,7 @@ def test_cache_is_reused_memory_mapped_and_keyed(tmp_path, croptune_cache, monke
     monkeypatch.setenv("CROPTUNE_CACHE_DIR", str(croptune_cache))
 
     # changing one image's content (size and mtime) gives a new key and the new pixels
-    _png(tmp_path / "train" / "img_3.png", (1, 2, 3), size=(30, 30))
+    write_png(tmp_path / "train" / "img_3.png", (1, 2, 3), size=(30, 30))
     os.utime(tmp_path / "train" / "img_3.png", ns=(1, 1))
     changed = load_data(cfg, progress=False)
     assert changed.fingerprint != first.fingerprint

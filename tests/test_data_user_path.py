@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import cached_files, make_dataset
 from PIL import Image
 
-from tests.test_data import cached_files, make_dataset
 from trainable.config import TrainConfig
 from trainable.data.dataset import load_data, validate_data
 from trainable.errors import UserError

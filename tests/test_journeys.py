@@ -1,6 +1,6 @@
 """A user's journeys through the README's commands: real processes in a real folder, a small
 real image dataset in the seed layout (not --demo), DEFAULT flags except what keeps a run
-small (journey_helpers.SMALL, --epochs, --num-samples): --num-workers 4, batch 32, warmup 5,
+small (helpers.SMALL, --epochs, --num-samples): --num-workers 4, batch 32, warmup 5,
 the default data paths, save dir, storage path, experiment names and MLflow store (and, in
 journeys 1-2, the default cache place ~/.cache/croptune under a HOME of the test's own).
 
@@ -28,19 +28,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fault_helpers import finish, progress, search_runs, start, wait_for
-from journey_helpers import (
+from helpers import (
     SMALL,
     assert_ok,
     experiments,
+    finish,
     own_lines,
     printed_command,
+    progress,
     run_together,
     search_argv,
+    search_runs,
     shell,
+    start,
     train,
     user_env,
     user_folder,
+    wait_for,
     write_seed_dataset,
 )
 

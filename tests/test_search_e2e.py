@@ -1,8 +1,8 @@
 """End-to-end searches on tiny synthetic data (32 px, timm test_resnet, 2 epochs), one Ray session.
 
 - a 3-trial search writes a standard Tune experiment that Tuner.restore reads back in a fresh
-  process, and search_summary.json agrees with it; one of its trials raises once (the
-  CROPTUNE_TEST_FAULT_DIR hook in trainable.tune_entry) and is retried from its checkpoint;
+  process, and search_summary.json agrees with it; one of its trials raises once (injected by
+  tests/fault_injection.py around the production trainable) and is retried from its checkpoint;
 - Ctrl-C mid-trial, then --resume of a copy under another --storage-path, completes the search
   without rerunning what ran and without writing to the original (a copy whose trial
   directories were deleted is refused before Ray starts);
@@ -22,30 +22,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import ray
+from fault_injection import install
+from helpers import EPOCHS, REPO, tiny_flags, wait_for
 
 import search_spaces
 from trainable.config import TrainConfig
-from trainable.data.demo.dataset import layout_paths, write_synthetic_dataset
 from trainable.errors import UserError
-from trainable.tune_entry import FAULT_DIR_ENV
 from tuner.cli import parse_settings
 from tuner.experiment import BASE_CONFIG_FILE, META_FILE, SUMMARY_FILE, load_study
 from tuner.hooks import SearchHooks
 from tuner.search import run_search
 from tuner.summary import SUMMARY_KEYS
-
-REPO = Path(__file__).resolve().parents[1]
-EPOCHS = 2
-
-
-def tiny_flags(root: Path, storage: Path, name: str) -> list[str]:
-    flags = []
-    for key, value in layout_paths(root).items():
-        flags += ["--" + key.replace("_", "-"), str(value)]
-    return flags + ["--backbone", "test_resnet", "--no-pretrained", "--image-size", "32",
-                    "--progressive-image-size", "40", "--batch-size", "32", "--epochs", str(EPOCHS),
-                    "--num-workers", "0", "--device", "cpu", "--storage-path", str(storage), "--name", name,
-                    "--space", "stage_epochs", "--grace-period", "1", "--reduction-factor", "2"]
 
 
 class RecordingHook(SearchHooks):
@@ -72,25 +59,19 @@ def search(argv: list[str], hook: SearchHooks | None = None) -> int:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """Tiny data, a fault-injection dir (armed per test) and one small Ray session for the module."""
+def env(search_data, tmp_path_factory):
+    """Tiny data and one small Ray session for the module."""
     base = tmp_path_factory.mktemp("search")
-    root = write_synthetic_dataset(base / "data", seed=0, max_per_class=6, min_per_class=2, val_per_class=1,
-                                   image_size=32)
-    fault_dir = base / "faults"
-    fault_dir.mkdir()
-    saved = {k: os.environ.get(k) for k in ("CROPTUNE_CACHE_DIR", FAULT_DIR_ENV)}
+    saved = os.environ.get("CROPTUNE_CACHE_DIR")
     # set before ray.init: Ray's worker processes inherit the driver's environment
     os.environ["CROPTUNE_CACHE_DIR"] = str(base / "cache")
-    os.environ[FAULT_DIR_ENV] = str(fault_dir)
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield {"root": root, "storage": base / "results", "faults": fault_dir, "tmp": base}
+    yield {"root": search_data, "storage": base / "results", "tmp": base}
     ray.shutdown()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    if saved is None:
+        os.environ.pop("CROPTUNE_CACHE_DIR", None)
+    else:
+        os.environ["CROPTUNE_CACHE_DIR"] = saved
 
 
 RESTORE_SCRIPT = """
@@ -104,13 +85,10 @@ print(json.dumps([{"trial_id": r.metrics.get("trial_id"), "epoch": r.metrics.get
 """
 
 
-def test_search_writes_a_restorable_experiment_and_retries_a_crashed_trial(env, capsys):
-    (env["faults"] / "fail_once_at_epoch").write_text(str(EPOCHS))
-    try:
-        hook = RecordingHook()
-        code = search(tiny_flags(env["root"], env["storage"], "e2e") + ["--num-samples", "3"], hook)
-    finally:
-        (env["faults"] / "fail_once_at_epoch").unlink()
+def test_search_writes_a_restorable_experiment_and_retries_a_crashed_trial(env, capsys, monkeypatch, tmp_path):
+    install(monkeypatch, {"dir": str(tmp_path), "fail_once_at_epoch": EPOCHS})
+    hook = RecordingHook()
+    code = search(tiny_flags(env["root"], env["storage"], "e2e") + ["--num-samples", "3"], hook)
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
     assert "resources: 2 CPUs" in out and "Best trial" in out
@@ -152,8 +130,7 @@ def test_search_writes_a_restorable_experiment_and_retries_a_crashed_trial(env, 
     assert states.count("COMPLETE") == 3 - summary["num_stopped_early"]
 
     # the trial that crashed at epoch 2 was restarted from its epoch-1 checkpoint: epoch 1 ran once
-    crashed = (env["faults"] / "raised").read_text().strip()
-    (env["faults"] / "raised").unlink()
+    crashed = (tmp_path / "raised").read_text().strip()
     assert crashed in results and results[crashed]["error"] is None
     trial_dir = next(p for p in exp.iterdir() if p.is_dir() and crashed in p.name)
     epochs = pd.read_csv(trial_dir / "progress.csv")["epoch"].tolist()
@@ -188,30 +165,22 @@ def tree(root: Path) -> dict:
     return {p.relative_to(root): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
 
 
-def wait_for(predicate, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError("timed out")
-
-
-def test_interrupted_search_resumes_and_completes(env, capsys):
+def test_interrupted_search_resumes_and_completes(env, capsys, monkeypatch, tmp_path):
     storage = env["storage"]
     exp = storage / "resume"
-    (env["faults"] / "pause_once_after_epoch").write_text("1 120")  # first trial sleeps after epoch 1
+    faults = tmp_path / "faults"
+    faults.mkdir()
     # --grace-period = --epochs: no rung, so the first trial is not paused at epoch 1 (which would
     # cut its injected sleep short); it is mid-trial when Ctrl-C comes
     flags = tiny_flags(env["root"], storage, "resume") + ["--num-samples", "2", "--max-concurrent", "1",
                                                           "--grace-period", str(EPOCHS)]
 
     def epoch_one_recorded():
-        return (env["faults"] / "paused").is_file() and any(
+        return (faults / "paused").is_file() and any(
             len(p.read_text().splitlines()) >= 2 for p in exp.glob("*/progress.csv"))
 
     def ctrl_c_mid_trial():
-        wait_for(epoch_one_recorded, 240)
+        wait_for(epoch_one_recorded, 240, "the first trial's epoch 1")
         time.sleep(1.0)
         os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends; Tune's handler is installed now
 
@@ -221,17 +190,17 @@ def test_interrupted_search_resumes_and_completes(env, capsys):
     killer = threading.Thread(target=ctrl_c_mid_trial, daemon=True)
     killer.start()
     try:
-        code = search(flags)
+        with monkeypatch.context() as patched:  # the first trial to report epoch 1 sleeps after it
+            install(patched, {"dir": str(faults), "pause_once_after_epoch": [1, 120]})
+            code = search(flags)
     finally:
         killer.join(timeout=300)
         signal.signal(signal.SIGINT, previous)
-        (env["faults"] / "pause_once_after_epoch").unlink()
     out = capsys.readouterr().out
     assert code == 130, out[-3000:]
     assert f"python run_search.py --resume resume --storage-path {storage}" in out
     assert not (exp / SUMMARY_FILE).exists()
-    paused = (env["faults"] / "paused").read_text().strip()
-    (env["faults"] / "paused").unlink()
+    paused = (faults / "paused").read_text().strip()
 
     # its trial directories deleted: refused before Ray starts (Tune would fail the trial and exit 0)
     lost = env["tmp"] / "lost"

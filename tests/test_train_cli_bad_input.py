@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import corrupt_first_image, delete_first_image, edit_train_csv, replace_row
 
 from trainable.data.demo.dataset import layout_paths, write_synthetic_dataset
 
@@ -36,29 +37,6 @@ def copy_dataset(src: Path, dst: Path) -> Path:
 
     shutil.copytree(src, dst)
     return dst
-
-
-def edit_train_csv(root: Path, edit) -> None:
-    meta = Path(layout_paths(root)["train_meta"])
-    lines = meta.read_text().splitlines()
-    meta.write_text("\n".join(edit(lines)) + "\n")
-
-
-def replace_row(lines, column, value):
-    header = lines[0].split(",")
-    row = lines[1].split(",")
-    row[header.index(column)] = value
-    return [lines[0], ",".join(row), *lines[2:]]
-
-
-def corrupt_first_image(root: Path):
-    first = Path(layout_paths(root)["train_dir"]) / Path(layout_paths(root)["train_meta"]).read_text().splitlines()[1].split(",")[0]
-    first.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
-
-
-def delete_first_image(root: Path):
-    first = Path(layout_paths(root)["train_dir"]) / Path(layout_paths(root)["train_meta"]).read_text().splitlines()[1].split(",")[0]
-    first.unlink()
 
 
 CASES = {

@@ -1,13 +1,16 @@
-"""The Tune trainable's own logic, with Ray's per-trial calls faked (no Ray session needed).
+"""The Tune trainable's own logic, with Ray's per-trial calls faked (no Ray session needed), and
+the test-only fault injection wrapped around it (tests/fault_injection.py).
 
 The real thing runs in tests/test_search_e2e.py.
 """
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from fault_injection import run_with_faults
 
 import trainable.train.loop
 import trainable.tune_entry as te
@@ -109,3 +112,34 @@ def test_divergence_ends_the_trial_as_a_diverged_error_and_a_retry_does_not_trai
 def test_missing_data_is_a_clear_error():
     with pytest.raises(ValueError, match="with_parameters"):
         te.train_trial({})
+
+
+def test_injected_faults_fire_once_where_armed_and_leave_the_trainable_as_it_was(monkeypatch, fake_tune, tmp_path):
+    """What the fault tests rely on: an armed fault fires once, in the first run to reach its
+    epoch, around the real report; an empty plan changes nothing; the real report is put back."""
+    monkeypatch.setattr(trainable.train.loop, "fit", fake_fit(3))
+    real_report = te._report
+
+    def trial(config):
+        te.train_trial(config, data=object(), base=TrainConfig().to_dict())
+
+    faults, quiet = tmp_path / "faults", tmp_path / "quiet"
+    faults.mkdir(), quiet.mkdir()
+    plan = {"dir": str(faults), "fail_once_at_epoch": 2, "pause_once_after_epoch": [1, 0],
+            "hold_once_before_report": [3, 0]}
+    with pytest.raises(RuntimeError, match="^injected test fault at epoch 2$"):
+        run_with_faults(trial, {}, plan)
+    assert [m["epoch"] for m, _ in fake_tune.reports] == [1]  # epoch 2 trained, not reported
+    assert te._report is real_report
+    assert sorted(p.name for p in faults.iterdir()) == ["paused", "raised"]
+    assert (faults / "raised").read_text() == "t0001\n"
+
+    run_with_faults(trial, {}, plan)  # the retry: failure and pause are spent, the hold fires at epoch 3
+    assert [m["epoch"] for m, _ in fake_tune.reports] == [1, 1, 2, 3]
+    assert sorted(p.name for p in faults.iterdir()) == ["held", "held_pid", "paused", "raised"]
+    assert int((faults / "held_pid").read_text()) == os.getpid()
+    assert te._report is real_report
+
+    run_with_faults(trial, {}, {"dir": str(quiet)})  # nothing armed: the real trial's reports, no marker
+    assert [m["epoch"] for m, _ in fake_tune.reports[4:]] == [1, 2, 3] and not any(quiet.iterdir())
+    assert te._report is real_report

@@ -1,26 +1,13 @@
 """The Ray Tune function trainable: one trial = one fit() run, reported epoch by epoch.
 
-    tune.with_resources(tune.with_parameters(train_trial, data=bundle), {...})
+    tune.with_resources(tune.with_parameters(train_trial, data=bundle, base=base_config), {...})
 
-`config` is a complete TrainConfig as a dict: the search puts the base config in the
-param_space and the searcher's overrides on top, so every trial's recorded config is the
-full resolved TrainConfig (what export and MLflow read back). A `base=` parameter (a
-TrainConfig or dict) is also accepted, for callers that pass only overrides.
+`config` holds the searcher's overrides; the base TrainConfig reaches the trial through
+`tune.with_parameters(..., base=...)`, and the trial trains on base + overrides, validated
+(`_trial_config`). Without a `base`, the overrides apply to TrainConfig's defaults.
 
 Only `ray.tune.*` is used (report, get_checkpoint, Checkpoint): Ray 2.60's `ray.train.*`
 raises inside Tune. This is the one module of `trainable/` that imports Ray.
-
-Hidden test hook (fault injection), off unless the environment variable
-CROPTUNE_TEST_FAULT_DIR names a directory holding a file `fail_once_at_epoch` with a number
-N: the first trial to finish training epoch N then raises before reporting it, once, so a
-test sees Tune restart that trial from its epoch N-1 checkpoint. The trial that raised
-writes its id to `<dir>/raised` (created exclusively, so exactly one trial raises).
-A file `pause_once_after_epoch` holding "N SECONDS" makes the first trial to report epoch N
-sleep that long afterwards (id in `<dir>/paused`): a window in which a test can interrupt
-the search with a trial mid-run. A file `hold_once_before_report` holding "N SECONDS" makes
-the first trial to finish training epoch N sleep that long *before* reporting (checkpointing)
-it, after writing its id to `<dir>/held` and its worker's pid to `<dir>/held_pid`: a window
-in which a test can kill the worker with epoch N trained but not yet saved.
 """
 
 from __future__ import annotations
@@ -30,7 +17,6 @@ import math
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import ray
@@ -47,7 +33,6 @@ CHECKPOINT_FILE = "checkpoint.pth"
 # `labels`), from which the end of the search draws the best trial's confusion matrix.
 PREDICTIONS_FILE = "val_predictions.npz"
 DIVERGED_MARKER = "diverged.txt"
-FAULT_DIR_ENV = "CROPTUNE_TEST_FAULT_DIR"
 MPS_RESOURCE = "mps"  # the custom resource tuner.resources gives trials on an Apple GPU
 # Reported every epoch (fit() reports these and a few more; all numeric ones are passed on).
 REPORTED = ("epoch", "val_acc", "tail_acc", "macro_f1", "val_loss", "train_loss", "train_acc",
@@ -86,10 +71,7 @@ def train_trial(config: dict, data=None, base=None, prefix: dict | None = None) 
         state = sharing.fork()
     try:
         for result in fit(cfg, data, state=state, device=device):
-            _maybe_inject_fault(result.epoch)
-            _maybe_hold(result.epoch)
             _report(result, data, sharing)
-            _maybe_pause(result.epoch)
     except DivergedError as exc:
         message = f"diverged: {exc}"
         _write_marker(trial_dir / DIVERGED_MARKER, message)
@@ -217,6 +199,7 @@ def _restored_state(sharing: _Sharing | None = None) -> dict | None:
 
 
 def _report(result, data=None, sharing: _Sharing | None = None) -> None:
+    """Report one trained epoch to Tune with its checkpoint (and val predictions) beside it."""
     numeric = {k: v for k, v in result.metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     missing = [k for k in REPORTED if k not in numeric]
     if missing:
@@ -245,45 +228,6 @@ def _save_val_predictions(result, data, path: Path) -> None:
     import numpy as np
 
     np.savez(path, predictions=np.asarray(predictions, dtype=np.int64), labels=np.asarray(labels, dtype=np.int64))
-
-
-def _test_hook(trigger_name: str, marker_name: str, epoch: int) -> list[str] | None:
-    """The trigger's arguments when a CROPTUNE_TEST_FAULT_DIR hook fires for `epoch`, else None."""
-    fault_dir = os.environ.get(FAULT_DIR_ENV)
-    if not fault_dir:
-        return None
-    trigger = Path(fault_dir) / trigger_name
-    if not trigger.is_file():
-        return None
-    args = trigger.read_text().split()
-    if not args or int(args[0]) != epoch:
-        return None
-    try:
-        with open(Path(fault_dir) / marker_name, "x") as marker:  # exclusive: one trial, once
-            marker.write(f"{tune.get_context().get_trial_id()}\n")
-    except FileExistsError:
-        return None
-    return args
-
-
-def _maybe_inject_fault(epoch: int) -> None:
-    if _test_hook("fail_once_at_epoch", "raised", epoch) is not None:
-        raise RuntimeError(f"injected test fault at epoch {epoch} ({FAULT_DIR_ENV})")
-
-
-def _maybe_pause(epoch: int) -> None:
-    args = _test_hook("pause_once_after_epoch", "paused", epoch)
-    if args is not None:
-        time.sleep(float(args[1]))
-
-
-def _maybe_hold(epoch: int) -> None:
-    args = _test_hook("hold_once_before_report", "held", epoch)
-    if args is not None:
-        pid_file = Path(os.environ[FAULT_DIR_ENV]) / "held_pid"
-        _write_marker(pid_file.with_suffix(".tmp"), str(os.getpid()))
-        os.replace(pid_file.with_suffix(".tmp"), pid_file)  # whole, or not there yet
-        time.sleep(float(args[1]))
 
 
 def _write_marker(path: Path, text: str) -> None:
