@@ -18,7 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_search_e2e import tiny_flags
+from helpers import tiny_flags
 
 from trainable.data.demo.dataset import write_synthetic_dataset
 from trainable.errors import UserError

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_search_e2e import tiny_flags
+from helpers import tiny_flags
 
 from trainable.config import TrainConfig
 from trainable.data.demo.dataset import write_synthetic_dataset
