@@ -1,4 +1,4 @@
-"""The one place croptune touches library internals: torch, Ray Tune, Ray's OptunaSearch, argparse.
+"""The one place croptune touches library internals: torch, Ray Tune, Ray's OptunaSearch, ssl, argparse.
 
 Each function names the internal it uses and why no public API does the job; tests/test_compat.py
 pins every internal, so an upgrade fails there first and not in a search. Checked against torch
@@ -104,12 +104,16 @@ def optuna_study_from_state(state: dict):
     return state.get(OPTUNA_STUDY_ATTR)
 
 
+# ---------------------------------------------------------------------------------- ssl
+def unverified_ssl_context():
+    """An SSL context that skips certificate checks, for MLFLOW_TRACKING_INSECURE_TLS=true as MLflow's own
+    client honours it; the stdlib offers it only as ssl._create_unverified_context."""
+    import ssl
+
+    return ssl._create_unverified_context()
+
+
 # ---------------------------------------------------------------------------------- argparse
-def parser_dests(parser: argparse.ArgumentParser) -> set[str]:
-    """Every destination a parser fills (argparse lists its actions only in _actions)."""
-    return {action.dest for action in parser._actions}
-
-
 def move_group_last(parser: argparse.ArgumentParser, title_prefix: str) -> None:
     """Show the argument group whose title starts with `title_prefix` last in --help
     (argparse orders groups by creation; the list is _action_groups)."""

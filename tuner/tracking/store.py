@@ -19,13 +19,13 @@ import json
 import os
 import shlex
 import sqlite3
-import ssl
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from trainable._compat import unverified_ssl_context
 from trainable.errors import UserError
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -129,7 +129,7 @@ def api_request(url: str, timeout: float):
         request.add_header("Authorization", f"Basic {basic}")
     context = None
     if url.startswith("https") and os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
-        context = ssl._create_unverified_context()
+        context = unverified_ssl_context()
     return urllib.request.urlopen(request, timeout=timeout, context=context)
 
 
