@@ -349,3 +349,20 @@ def run_together(argvs: list[list[str]], folder: Path, env: dict, timeout: float
     started = [start(argv, folder, env, f"together{i}") for i, argv in enumerate(argvs)]
     codes = [finish(process, timeout) for process, _, _ in started]
     return [(code, out.read_text(), err.read_text()) for code, (_, out, err) in zip(codes, started, strict=True)]
+
+
+# ---------------------------------------------------------------- exported searches
+def best_config(**changes) -> TrainConfig:
+    return TrainConfig(demo=True, lr=3e-4, stage2_epoch=8, stage3_epoch=22, **changes).validate()
+
+
+def write_summary(root, name="stage_epochs-1", config=None, **extra):
+    experiment = root / name
+    experiment.mkdir(parents=True)
+    summary = {"experiment": name, "storage_path": str(root), "space": "stage_epochs",
+               "metric": "macro_f1", "mode": "max", "best_trial_id": "abc_00003", "best_value": 0.4217,
+               "best_config": (config or best_config()).to_dict(), "num_trials": 8,
+               "num_stopped_early": 5, "num_failed": 0, "epochs_consumed": 120, "wall_time_s": 33.0}
+    summary.update(extra)
+    (experiment / "search_summary.json").write_text(json.dumps(summary))
+    return experiment

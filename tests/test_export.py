@@ -3,30 +3,13 @@ tested in test_tracking.py, next to the Tune run it reads)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import yaml
+from helpers import best_config, write_summary
 
 from trainable.config import SEED_EPOCHS, TrainConfig, scale_schedule
 from trainable.errors import UserError
 from tuner import export
-
-
-def best_config(**changes) -> TrainConfig:
-    return TrainConfig(demo=True, lr=3e-4, stage2_epoch=8, stage3_epoch=22, **changes).validate()
-
-
-def write_summary(root, name="stage_epochs-1", config=None, **extra):
-    experiment = root / name
-    experiment.mkdir(parents=True)
-    summary = {"experiment": name, "storage_path": str(root), "space": "stage_epochs",
-               "metric": "macro_f1", "mode": "max", "best_trial_id": "abc_00003", "best_value": 0.4217,
-               "best_config": (config or best_config()).to_dict(), "num_trials": 8,
-               "num_stopped_early": 5, "num_failed": 0, "epochs_consumed": 120, "wall_time_s": 33.0}
-    summary.update(extra)
-    (experiment / export.SUMMARY).write_text(json.dumps(summary))
-    return experiment
 
 
 def test_export_round_trips_the_complete_config(tmp_path, capsys):

@@ -12,8 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from helpers import subprocess_env
-from test_search_e2e import tiny_flags
+from helpers import subprocess_env, tiny_flags, write_summary
 
 from trainable.data.demo.dataset import write_synthetic_dataset
 from trainable.errors import UserError
@@ -189,7 +188,6 @@ def test_printed_commands_paste_back_with_spaces_in_paths(tmp_path, capsys):
         "--resume", "a b", "--storage-path", settings.storage_path, "--mlflow-uri", uri,
         "--mlflow-experiment", "my experiment"]
 
-    from test_export import write_summary
 
     write_summary(tmp_path / "ray results")
     out = tmp_path / "out dir" / "best.yaml"
