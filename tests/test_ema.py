@@ -1,5 +1,5 @@
 """ModelEMA: decay arithmetic and timm's warmup, buffers copied, state round trip, cosine switch;
-and a short real run on which the EMA validates about as well as the raw weights (issue 12, 26)."""
+and a short real run on which the EMA validates about as well as the raw weights."""
 
 from __future__ import annotations
 

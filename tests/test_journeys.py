@@ -105,7 +105,7 @@ def test_train_twice_then_resume_the_first_run(trained):
     assert "Epoch 3/3" in resumed.stdout and "Epoch 1/3" not in resumed.stdout and "Epoch 2/3" not in resumed.stdout
     state = load_checkpoint(save_dir_of(resumed.stdout, folder) / "last.pth")
     assert state["epoch"] == 3 and state["config"]["epochs"] == 3 and state["config"]["num_workers"] == 4
-    # checked last, so that a failure here does not hide the resume's (issue 12, defect 25)
+    # checked last, so that a failure here does not hide the resume's
     assert trained["first_last_after_second"] == trained["first_last"], \
         "the second run overwrote the first run's checkpoints (same default save dir)"
 

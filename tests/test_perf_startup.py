@@ -1,4 +1,4 @@
-"""What keeps a search's start-up short and its processes small (issue 5, figures P5/P6).
+"""What keeps a search's start-up short and its processes small (bench figures P5/P6).
 
 - the driver checks the base model in a child process: prepare_search leaves no torch or timm
   in the driver, and the first problem found is still the one reported;

@@ -18,7 +18,7 @@ def record(trial_id, number, scores, status="TERMINATED", overrides=None):
 
 def settings(**extra):
     return SimpleNamespace(name="exp", storage_path="/s", space="stage_epochs", metric="macro_f1", mode="max",
-                           base=BASE, grace_period=1, sampler="tpe", **extra)
+                           base=BASE, grace_period=1, sampler="tpe", **{"share_prefix": True, **extra})
 
 
 def test_ties_at_the_first_rung_are_counted_in_the_summary_and_the_report():
@@ -83,3 +83,17 @@ def test_trial_records_read_every_epochs_score_and_the_creation_order(tmp_path):
     first, second = trial_records([trial, without_dir], BASE, "macro_f1")
     assert first.scores == {1: 0.1, 2: 0.25} and first.number == 1
     assert second.scores == {1: 0.2} and second.number == 1  # no tag: its place in the list
+
+
+def test_epochs_taken_from_an_earlier_trials_prefix_are_reported_apart_from_those_trained():
+    records = [TrialRecord("a", "TERMINATED", {}, 12, 12, 0.4, None),
+               TrialRecord("b", "TERMINATED", {}, 5, 12, 0.3, None, shared_epochs=3),
+               TrialRecord("c", "TERMINATED", {}, 5, 12, 0.2, None, shared_epochs=2)]
+    summary = build_summary(settings(), records, 10.0)
+    assert summary["epochs_consumed"] == 22 and summary["epochs_trained"] == 17
+    assert summary["prefix_sharing"] == {"enabled": True, "trials_forked": 2, "epochs_shared": 5}
+    report = format_report(summary, records, BASE)
+    assert "Prefix sharing: 2 trials started from an earlier trial's checkpoint, so 17 of the 22 epochs" in report
+    off = build_summary(settings(share_prefix=False), records[:1], 10.0)
+    assert off["prefix_sharing"] == {"enabled": False, "trials_forked": 0, "epochs_shared": 0}
+    assert "Prefix sharing" not in format_report(off, records[:1], BASE)

@@ -333,7 +333,7 @@ def test_search_hooks_log_a_whole_search(search, server, capsys):
     namespace = parser.parse_args(["--mlflow-uri", server["url"], "--mlflow-experiment", "croptune-hooks"])
     settings = SimpleNamespace(name="hooksearch", space="toy", metric="macro_f1", mode="max", num_samples=4,
                                seed=0, grace_period=1, reduction_factor=2, max_failures=1, time_budget_s=None,
-                               resume=False, namespace=namespace)
+                               resume=False, namespace=namespace, sampler="random", share_prefix=True)
     (hooks,) = search_hooks(settings)
     hooks.validate(settings)
     study = optuna.create_study(direction="maximize")
@@ -356,6 +356,7 @@ def test_search_hooks_log_a_whole_search(search, server, capsys):
     parent = client.get_run(hooks.parent)
     assert parent.info.status == "FINISHED" and parent.data.params["base.epochs"] == str(EPOCHS)
     assert parent.data.params["data_fingerprint"] == "f00" and parent.data.params["space"] == "toy"
+    assert parent.data.params["searcher"] == "OptunaSearch(random)" and parent.data.params["share_prefix"] == "true"
     assert {a.path for a in client.list_artifacts(hooks.parent)} >= {"trials.csv", "plots"}
     best = parent.data.tags["best_run_id"]
     assert {a.path for a in client.list_artifacts(best, "plots")} == {"plots/learning_curves.png"}

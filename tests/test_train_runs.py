@@ -1,4 +1,4 @@
-"""`python -m trainable` run by run: where each run writes, and how a diverged run ends (issue 12).
+"""`python -m trainable` run by run: where each run writes, and how a diverged run ends.
 
 Runs go through main() in this process, wrapped as the command wraps it (run_cli), on a tiny
 synthetic dataset in the seed layout, in a folder of the test's own (the default --save-dir is

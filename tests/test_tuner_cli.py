@@ -131,7 +131,8 @@ def test_summary_counts_and_picks_the_best_completed_trial(tmp_path):
         fake_trial("e", "ERROR", 0, None, {}, error="RuntimeError: CUDA out of memory", tmp=tmp_path),
     ]
     records = trial_records(trials, base, "macro_f1")
-    settings = SimpleNamespace(name="exp", storage_path="/s", space="optim", metric="macro_f1", mode="max", base=base)
+    settings = SimpleNamespace(name="exp", storage_path="/s", space="optim", metric="macro_f1", mode="max", base=base,
+                               sampler="tpe", share_prefix=False)
     summary = build_summary(settings, records, wall_time_s=12.5)
     assert tuple(summary) == SUMMARY_KEYS
     assert summary["best_trial_id"] == "c" and summary["best_value"] == 0.40
@@ -234,7 +235,8 @@ def test_an_experiment_directory_is_claimed_once(tmp_path):
 
 def test_report_says_why_no_trial_scored(tmp_path):
     base = TrainConfig(epochs=4)
-    settings = SimpleNamespace(name="exp", storage_path="/s", space="optim", metric="macro_f1", mode="max", base=base)
+    settings = SimpleNamespace(name="exp", storage_path="/s", space="optim", metric="macro_f1", mode="max", base=base,
+                               sampler="tpe", share_prefix=False)
     failed = trial_records([fake_trial("a", "ERROR", 0, None, error="RuntimeError: boom", tmp=tmp_path),
                             fake_trial("b", "ERROR", 0, None, error="RuntimeError: bang", tmp=tmp_path)],
                            base, "macro_f1")

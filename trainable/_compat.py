@@ -2,7 +2,7 @@
 
 Each function names the internal it uses and why no public API does the job; tests/test_compat.py
 pins every internal, so an upgrade fails there first and not in a search. Checked against torch
-2.14, Ray 2.60, Optuna 5.0. It sits in trainable/, the package everything imports, so that
+2.14, Ray 2.60, Optuna 5.1. It sits in trainable/, the package everything imports, so that
 trainable never imports tuner. Library imports stay inside the functions: importing this is free.
 """
 

@@ -68,7 +68,8 @@ def format_epoch(cfg, metrics: dict) -> str:
 
 
 def prepare(argv: list[str] | None, ns: argparse.Namespace | None = None):
-    """Parse, resolve and validate everything a run needs, writing nothing. Returns (cfg, data, state).
+    """Parse, resolve and validate everything a run needs before --save-dir is touched (only the image cache
+    is filled, and --overwrite clears the earlier run once every check has passed). Returns (cfg, data, state).
 
     ns: the command line already parsed by build_parser() or a parser built on it (retrain's), instead of argv."""
     from trainable.cli_config import resolve_config, scaled_note

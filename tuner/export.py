@@ -20,9 +20,8 @@ import yaml
 
 from trainable.config import TrainConfig, scale_schedule
 from trainable.errors import UserError
+from tuner.experiment import BASE_CONFIG_FILE, SUMMARY_FILE
 
-SUMMARY = "search_summary.json"
-BASE_CONFIG = "base_config.json"
 VERIFY_FILE = "verify.json"  # written by `run_search.py verify` (tuner.verify) into the experiment directory
 
 
@@ -75,7 +74,7 @@ def find_experiment(experiment: str, storage_path: str) -> Path:
 
 def best_trial(experiment_dir: Path, metric: str | None = None, mode: str | None = None) -> dict:
     """{"trial_id", "metric", "mode", "value", "config" (full TrainConfig dict), "experiment"}."""
-    summary_path = experiment_dir / SUMMARY
+    summary_path = experiment_dir / SUMMARY_FILE
     if summary_path.is_file():
         try:
             summary = json.loads(summary_path.read_text())
@@ -91,9 +90,9 @@ def best_trial(experiment_dir: Path, metric: str | None = None, mode: str | None
 
 
 def _best_from_tune(experiment_dir: Path, metric: str, mode: str) -> dict:
-    base_path = experiment_dir / BASE_CONFIG
+    base_path = experiment_dir / BASE_CONFIG_FILE
     if not base_path.is_file():
-        raise UserError(f"{experiment_dir}: neither {SUMMARY} nor {BASE_CONFIG}: not a croptune search "
+        raise UserError(f"{experiment_dir}: neither {SUMMARY_FILE} nor {BASE_CONFIG_FILE}: not a croptune search "
                         f"(or it stopped before starting)")
     from ray.tune import ExperimentAnalysis
 

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     target = checked_target(ns)  # the search's tracking checks; None with --no-mlflow
     config_file = getattr(ns, "config_file", None)
     origin = search_origin(config_file)
-    cfg, data, state = prepare(None, ns=ns)  # UserError for bad config / data / save dir; writes nothing
+    cfg, data, state = prepare(None, ns=ns)  # UserError for bad config / data / save dir, before any write to it
     if target is None:
         return _report(train(cfg, data, state), cfg)
     run = RetrainRun(*target)

@@ -24,6 +24,7 @@ from trainable._compat import live_trials, restored_search, restored_tuner_confi
 from trainable.config import TrainConfig, field_names
 from trainable.errors import UserError
 from tuner.experiment import (
+    SUMMARY_FILE,
     claim_new_experiment,
     experiment_dir,
     load_study,
@@ -81,7 +82,7 @@ def run_search(settings, hooks=None) -> int:
     import ray
 
     # while ray.init waits for Ray's processes; in the order the driver needs them
-    hook_imports = tuple(name for hook in hooks for name in getattr(hook, "driver_imports", ()))
+    hook_imports = tuple(name for hook in hooks for name in hook.driver_imports)
     _import_in_background(hook_imports + TUNE_DRIVER_IMPORTS)
     try:
         owns_ray = connect(settings)
@@ -123,7 +124,7 @@ def run_search(settings, hooks=None) -> int:
             if outcome == "finished":
                 shutil.rmtree(prefix_dir(settings), ignore_errors=True)  # nothing resumes a finished search
                 context.summary = build_summary(settings, records, wall)
-                write_json_atomic(experiment_dir(settings.storage_path, settings.name) / "search_summary.json",
+                write_json_atomic(experiment_dir(settings.storage_path, settings.name) / SUMMARY_FILE,
                                   context.summary)
             for hook in hooks:
                 hook.finished(context, outcome)
@@ -188,7 +189,7 @@ def resume_command(settings, hooks) -> str:
     """The exact command that continues this search (hooks add what they need, e.g. the MLflow store)."""
     command = ["python", "run_search.py", "--resume", settings.name, "--storage-path", settings.storage_path]
     for hook in hooks:
-        command += list(getattr(hook, "resume_flags", lambda: [])())
+        command += list(hook.resume_flags())
     return shlex.join(command)
 
 
@@ -268,7 +269,7 @@ def build_searcher(settings):
     return PruningOptunaSearch(
         space=BoundSpace(settings.space, settings.base), metric=settings.metric, mode=settings.mode,
         points_to_evaluate=[point] if point else None,
-        sampler=build_sampler(getattr(settings, "sampler", "tpe"), settings.seed, settings.num_samples, settings.space),
+        sampler=build_sampler(settings.sampler, settings.seed, settings.num_samples, settings.space),
         time_attr=TIME_ATTR, max_epochs=settings.base.epochs, config_keys=field_names())
 
 

@@ -191,11 +191,11 @@ def build_summary(settings, records: list[TrialRecord], wall_time_s: float) -> d
         "num_failed": sum(r.failed for r in records),
         "epochs_consumed": sum(r.epochs_done for r in records),
         "epochs_trained": sum(r.epochs_done - r.shared_epochs for r in records),
-        "prefix_sharing": {"enabled": bool(getattr(settings, "share_prefix", False)),
+        "prefix_sharing": {"enabled": bool(settings.share_prefix),
                            "trials_forked": sum(r.shared_epochs > 0 for r in records),
                            "epochs_shared": sum(r.shared_epochs for r in records)},
         "wall_time_s": round(float(wall_time_s), 3),
-        "sampler": getattr(settings, "sampler", "tpe"),
+        "sampler": settings.sampler,
         "first_rung_ties": (first_rung_ties(records, settings.grace_period)
                             if getattr(settings, "grace_period", None) else None),
         "seed_trial": seed_trial_comparison(records, best),

@@ -27,12 +27,13 @@ from pathlib import Path
 
 from trainable.config import TrainConfig
 from trainable.errors import UserError
-from tuner.export import BASE_CONFIG, VERIFY_FILE, best_trial, find_experiment
+from tuner.cli import METRICS
+from tuner.experiment import BASE_CONFIG_FILE
+from tuner.export import VERIFY_FILE, best_trial, find_experiment
 from tuner.tracking import runs, store
 from tuner.tracking.hooks import add_search_arguments, checked_target
 from tuner.tracking.ui import where_to_look
 
-METRICS = ("macro_f1", "val_acc", "tail_acc")
 GROUPS = ("winner", "baseline")
 
 
@@ -63,25 +64,25 @@ def main(argv: list[str] | None = None) -> int:
     tracker = VerifyTracker.from_namespace(ns, best.get("experiment") or experiment_dir.name)
     same = winner == baseline
     groups = ("winner",) if same else GROUPS
-    runs = [(group, cfg.replace(seed=seed))
+    trainings = [(group, cfg.replace(seed=seed))
             for seed in seeds for group, cfg in (("winner", winner), ("baseline", baseline)) if group in groups]
     print(f"verify {experiment_dir.name}: winner trial {best['trial_id']} vs seed recipe trial {baseline_id}"
           f"{' (= the seed recipe: trained once per seed)' if same else ''}, seeds {seeds}, {threads} torch "
-          f"thread(s) per run ({len(runs)} trainings of {winner.epochs} epochs)", flush=True)
+          f"thread(s) per run ({len(trainings)} trainings of {winner.epochs} epochs)", flush=True)
     scores: dict = {group: {key: [] for key in METRICS} for group in GROUPS}
     from trainable.data.dataset import load_data
 
     data = {group: load_data(cfg, progress=False) for group, cfg in (("winner", winner), ("baseline", baseline))
             if group in groups}  # the data does not depend on the seed: loaded once per config
     started = time.time()
-    for index, (group, cfg) in enumerate(runs, 1):
+    for index, (group, cfg) in enumerate(trainings, 1):
         metrics = train_one(cfg, data[group], threads, tracker, group)
         for key in METRICS:
             scores[group][key].append(float(metrics[key]))
-        print(f"  [{index}/{len(runs)}] {group:8s} seed {cfg.seed}: macro-F1 {metrics['macro_f1']:.4f} | "
+        print(f"  [{index}/{len(trainings)}] {group:8s} seed {cfg.seed}: macro-F1 {metrics['macro_f1']:.4f} | "
               f"val acc {metrics['val_acc']:.2f}% | tail acc {metrics['tail_acc']:.2f}% "
               f"({time.time() - started:.0f} s so far)", flush=True)
-    if same:  # one config: its runs are both groups' (the difference is 0 by construction)
+    if same:  # one config: its trainings are both groups' (the difference is 0 by construction)
         scores["baseline"] = {key: list(values) for key, values in scores["winner"].items()}
     result = {
         "experiment": experiment_dir.name, "seeds": seeds, "threads": threads,
@@ -104,9 +105,9 @@ def baseline_trial(experiment_dir: Path) -> tuple[str, TrainConfig]:
     """Trial 0 (the first trial Tune created: the seed point) as (trial id, full config)."""
     from search_spaces import overrides_from_config
 
-    base_path = experiment_dir / BASE_CONFIG
+    base_path = experiment_dir / BASE_CONFIG_FILE
     if not base_path.is_file():
-        raise UserError(f"{experiment_dir}: no {BASE_CONFIG}: not a croptune search (or it never started)")
+        raise UserError(f"{experiment_dir}: no {BASE_CONFIG_FILE}: not a croptune search (or it never started)")
     base = TrainConfig.from_dict(json.loads(base_path.read_text()), source=str(base_path))
     from ray.tune import ExperimentAnalysis
 

@@ -7,7 +7,7 @@ state; a `PrefixStore` keeps one Tune checkpoint directory per key plus the metr
 it, so a later trial loads the longest prefix it shares and replays those reports instead of
 training them again.
 
-Contract for callers: `put(cfg, k, directory, history)` after reporting epoch k (idempotent:
+Contract for callers: `put(cfg, k, directory, history)` once epoch k is saved, before reporting it (idempotent:
 first writer wins, atomically); `longest(cfg, upto)` before training, which returns the deepest
 stored `(k, directory, history)` with k <= upto, or None. Entries are only ever read by trials
 whose key matches, so a stale or partial store costs time, never correctness.
@@ -72,7 +72,7 @@ def shared_prefix(a: TrainConfig, b: TrainConfig) -> int:
 
 
 class PrefixStore:
-    """Checkpoint directories by prefix key under `root` (one search's experiment directory)."""
+    """Checkpoint directories by prefix key under `root` (a search uses `<experiment>/prefixes`)."""
 
     HISTORY = "history.json"
 
