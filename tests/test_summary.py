@@ -9,11 +9,11 @@ from tuner.summary import SUMMARY_KEYS, TrialRecord, build_summary, count_ties, 
 BASE = TrainConfig(epochs=4)
 
 
-def record(trial_id, number, scores, status="TERMINATED", overrides=None):
+def record(trial_id, number, scores, status="TERMINATED", overrides=None, shared=0):
     last = max(scores) if scores else 0
     return TrialRecord(trial_id=trial_id, status=status, overrides=overrides or {}, epochs_done=last,
                        epochs_planned=BASE.epochs, value=scores[last] if scores else None, error=None,
-                       scores=dict(scores), number=number)
+                       scores=dict(scores), number=number, shared_epochs=shared)
 
 
 def settings(**extra):
@@ -30,13 +30,15 @@ def test_ties_at_the_first_rung_are_counted_in_the_summary_and_the_report():
         record("e", 4, {1: 0.02 + 1e-15}),                  # equal to 12 decimals: a tie
         record("f", 5, {1: 0.03}),                          # alone
         record("g", 6, {}, status="ERROR"),                 # never reached the rung
+        record("h", 7, {1: 0.03}, shared=1),                # f's twin: forked from its epoch-1 checkpoint
     ]
     summary = build_summary(settings(), records, wall_time_s=3.0)
     assert tuple(summary) == SUMMARY_KEYS
-    assert summary["first_rung_ties"] == {"epoch": 1, "tied": 5, "scored": 6}
+    assert summary["first_rung_ties"] == {"epoch": 1, "tied": 5, "scored": 7, "twins": 1}
     assert summary["sampler"] == "tpe"
-    assert "First rung (epoch 1): 5 of 6 trials scored there tie with another on macro_f1" in \
-        format_report(summary, records, BASE)
+    report = format_report(summary, records, BASE)
+    assert "First rung (epoch 1): 5 of 7 trials scored there tie with another on macro_f1" in report
+    assert "1 more started from an earlier trial's checkpoint at or past it" in report
     assert count_ties([0.1, None, 0.1, 0.2]) == 2 and count_ties([None, 0.1]) == 0
 
 

@@ -132,10 +132,14 @@ def count_ties(scores: Iterable[float | None]) -> int:
 
 
 def first_rung_ties(records: list[TrialRecord], epoch: int) -> dict:
-    """Trials whose score at `epoch` (the first rung) ties another trial's there: a rung ranks
-    those only by the tie-break (validation loss), e.g. schedule clones before their first switch."""
-    scored = [r.scores[epoch] for r in records if epoch in r.scores]
-    return {"epoch": int(epoch), "tied": count_ties(scored), "scored": len(scored)}
+    """Trials whose score at `epoch` (the first rung) ties another trial's there: a rung ranks those
+    only by the tie-break (validation loss). A trial that took its whole prefix up to the rung from an
+    earlier trial's checkpoint (trainable.train.prefix) is that trial's twin there, one computation
+    reported twice: it is counted under `twins`, not as a tie."""
+    twins = [r for r in records if epoch in r.scores and r.shared_epochs >= epoch]
+    scored = [r.scores[epoch] for r in records if epoch in r.scores and r.shared_epochs < epoch]
+    return {"epoch": int(epoch), "tied": count_ties(scored), "scored": len(scored) + len(twins),
+            "twins": len(twins)}
 
 
 def seed_trial_comparison(records: list[TrialRecord], best: TrialRecord | None) -> dict | None:
@@ -234,8 +238,11 @@ def format_report(summary: dict, records: list[TrialRecord], base: TrainConfig,
         lines += _seed_trial_lines(summary, records, base)
     ties = summary.get("first_rung_ties")
     if ties and ties["scored"]:
+        twins = ties.get("twins") or 0
         lines.append(f"First rung (epoch {ties['epoch']}): {ties['tied']} of {ties['scored']} trials scored there "
-                     f"tie with another on {summary['metric']} (those are ranked by validation loss only).")
+                     f"tie with another on {summary['metric']} (those are ranked by validation loss only)"
+                     + (f"; {twins} more started from an earlier trial's checkpoint at or past it: one computation "
+                        f"with that trial there, so they share its place." if twins else "."))
     for r in records:
         if r.failed:
             lines.append(f"  failed trial {r.trial_id}: {r.error}")
