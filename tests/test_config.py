@@ -3,7 +3,7 @@ import argparse
 import pytest
 
 from trainable.cli_config import DEMO_BACKBONE, add_config_arguments, resolve_config
-from trainable.config import SCHEDULE_FIELDS, TrainConfig, scale_schedule
+from trainable.config import DEMO_WEIGHTS, SCHEDULE_FIELDS, TrainConfig, scale_schedule, weights_file
 from trainable.errors import UserError
 
 SEED_FLAG_DEFAULTS = {
@@ -116,7 +116,8 @@ def test_demo_recipe_on_given_data_does_not_generate_the_demo_dataset(tmp_path, 
 def test_demo_recipe_is_cpu_sized():
     cfg = parse("--demo")
     assert cfg.demo and cfg.pretrained and cfg.epochs == 12 and cfg.image_size == 48
-    assert cfg.pretrained_path == str(DEMO_BACKBONE)  # the offline backbone, through the user's flag
+    # the offline backbone, through the user's flag, by a name that survives a moved checkout
+    assert cfg.pretrained_path == DEMO_WEIGHTS and weights_file(cfg.pretrained_path) == str(DEMO_BACKBONE)
     # the seed's staging scaled from 50 to 12 epochs: warmup, head only, partial, full
     assert (cfg.warmup_epochs, cfg.stage2_epoch, cfg.stage3_epoch) == (1, 2, 5)
     assert (cfg.disable_sampler_epoch, cfg.tail_focal_epoch, cfg.lr_restart_epoch) == (4, 4, 6)
@@ -208,3 +209,23 @@ def test_flags_are_never_abbreviated(command, capsys):
         assert exit_.value.code == 2
         assert f"unrecognized arguments: {argv[0]}" in capsys.readouterr().err
     assert build_parser().parse_args(["--model-type", "multitask"]).model_type == "multitask"
+
+
+def test_a_saved_demo_config_finds_the_backbone_from_anywhere(tmp_path, monkeypatch):
+    """A demo config names its weights `demo`, not a path into the checkout that wrote it: a search
+    keeps the name (paths are made absolute for the trials) and the model loads the shipped file."""
+    import yaml
+
+    from trainable.model.networks import build_model
+    from tuner.cli import absolute_paths
+
+    saved = tmp_path / "best.yaml"
+    saved.write_text(yaml.safe_dump(parse("--demo").to_dict()))
+    monkeypatch.chdir(tmp_path)
+    cfg = absolute_paths(parse("--config", str(saved)))
+    assert cfg.pretrained_path == DEMO_WEIGHTS
+    from safetensors.torch import load_file
+
+    loaded = build_model(cfg).backbone.state_dict()  # the shipped weights, not a failed lookup of ./demo
+    assert all(loaded[k].equal(v) for k, v in load_file(str(DEMO_BACKBONE)).items())
+    assert absolute_paths(cfg.replace(pretrained_path="w.pth")).pretrained_path == str(tmp_path / "w.pth")

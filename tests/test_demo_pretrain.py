@@ -46,7 +46,7 @@ def test_pretrain_refuses_bad_input_in_one_line(tmp_path, capsys):
 
 def test_demo_recipe_loads_the_shipped_backbone():
     cfg = demo_config()
-    assert cfg.pretrained and cfg.pretrained_path == str(DEMO_BACKBONE) and DEMO_BACKBONE.is_file()
+    assert cfg.pretrained and cfg.pretrained_path == "demo" and DEMO_BACKBONE.is_file()
     shipped = load_file(str(DEMO_BACKBONE))
     loaded = build_model(cfg).backbone.state_dict()
     assert set(shipped) == set(loaded)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from trainable.config import (
     CHOICES,
+    DEMO_BACKBONE,
+    DEMO_WEIGHTS,
     SCHEDULE_FIELDS,
     SEED_EPOCHS,
     TrainConfig,
@@ -22,6 +24,7 @@ from trainable.config import (
     flag,
     missing_class_weights,
     scale_schedule,
+    weights_file,
 )
 from trainable.errors import UserError, yaml_error_line
 
@@ -32,12 +35,11 @@ from trainable.errors import UserError, yaml_error_line
 # (python -m trainable.data.demo.pretrain; shipped, loaded through --pretrained-path like a user's
 # weights). The balanced sampler without class weights on top, as the seed advises for a
 # severe imbalance ("alpha None: no class weights, the sampler already balances").
-DEMO_BACKBONE = Path(__file__).parent / "data" / "demo" / "backbone.safetensors"
 DEMO_RECIPE: dict = {
     "demo": True,
     "backbone": "test_resnet",
     "pretrained": True,
-    "pretrained_path": str(DEMO_BACKBONE),
+    "pretrained_path": DEMO_WEIGHTS,
     "image_size": 48,
     "progressive_image_size": 56,
     "epochs": 12,
@@ -152,7 +154,7 @@ def _with_demo_paths(values: dict, explicit: dict) -> dict:
         if "stage2_epoch" in explicit:  # a stage 2 given keeps the recipe's stage 3 after it
             scratch.pop("stage3_epoch", None)
         values = {**values, **scratch}
-    elif values["pretrained"] and values["pretrained_path"] == str(DEMO_BACKBONE) and not DEMO_BACKBONE.is_file():
+    elif values["pretrained"] and weights_file(values["pretrained_path"]) == str(DEMO_BACKBONE) and not DEMO_BACKBONE.is_file():
         raise UserError(f"the demo backbone {DEMO_BACKBONE} is missing: rebuild it with "
                         f"`python -m trainable.data.demo.pretrain`, or pass --no-pretrained")
     if all(k in explicit for k in PATH_FIELDS):  # the demo recipe on data of the user's own

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 from trainable.errors import UserError
 
@@ -144,6 +145,17 @@ class TrainConfig:
         """Raise UserError naming the first impossible setting; return self when valid."""
         _validate(self)
         return self
+
+
+# `--pretrained-path demo` names the demo's shipped backbone wherever croptune is installed, so a
+# saved demo config keeps working after the checkout moves (an absolute path would not).
+DEMO_WEIGHTS = "demo"
+DEMO_BACKBONE = Path(__file__).parent / "data" / "demo" / "backbone.safetensors"
+
+
+def weights_file(pretrained_path: str) -> str:
+    """The file a --pretrained-path value names: DEMO_WEIGHTS is the shipped demo backbone."""
+    return str(DEMO_BACKBONE) if pretrained_path == DEMO_WEIGHTS else pretrained_path
 
 
 def field_names() -> list[str]:

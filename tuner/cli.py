@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainable._compat import move_group_last
-from trainable.config import TrainConfig
+from trainable.config import DEMO_WEIGHTS, TrainConfig
 from trainable.errors import UserError
 from tuner.tracking.hooks import add_search_arguments
 
@@ -276,7 +276,7 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     changes = {}
     for name in ("train_dir", "val_dir", "train_meta", "val_meta", "class_weights", "pretrained_path"):
         value = getattr(cfg, name)
-        if value:
+        if value and not (name == "pretrained_path" and value == DEMO_WEIGHTS):
             changes[name] = str(Path(value).expanduser().resolve())
     return cfg.replace(**changes)
 

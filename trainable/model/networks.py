@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from timm.models import group_parameters
 from torch import nn
 
+from trainable.config import weights_file
 from trainable.data.taxonomy import NUM_CROPS, SEVERITIES
 from trainable.errors import UserError
 from trainable.model.losses import CenterLoss
@@ -250,6 +251,7 @@ def _load_weights_file(backbone: nn.Module, name: str, path: str) -> None:
     ("model_state_dict" with "backbone." keys). Classifier weights (keys the headless
     backbone lacks) are ignored; a missing or mis-shaped backbone weight is an error, since
     it means the file belongs to another architecture."""
+    path = weights_file(path)
     if not os.path.isfile(path):
         raise UserError(f"--pretrained-path {path}: no such file")
     try:
