@@ -182,7 +182,12 @@ def _copy_checkpoint(source: Path, target: Path, forked_at: int) -> None:
     for name in (CHECKPOINT_FILE, PREDICTIONS_FILE):
         if (source / name).is_file():
             shutil.copy2(source / name, target / name)
-    (target / PREFIX_FILE).write_text(json.dumps({"forked_at": forked_at}))
+    _mark_forked(target, forked_at)
+
+
+def _mark_forked(directory: Path, forked_at: int) -> None:
+    """Record in a checkpoint where its trial forked, so a restart from it still reports prefix_epochs."""
+    (directory / PREFIX_FILE).write_text(json.dumps({"forked_at": forked_at}))
 
 
 def _restored_state(sharing: _Sharing | None = None) -> dict | None:
@@ -215,7 +220,7 @@ def _report(result, data=None, sharing: _Sharing | None = None) -> None:
             sharing.remember(metrics)
             sharing.offer(result.epoch, Path(directory))  # before report: a stopped trial never returns from it
             if sharing.forked_at:
-                (Path(directory) / PREFIX_FILE).write_text(json.dumps({"forked_at": sharing.forked_at}))
+                _mark_forked(Path(directory), sharing.forked_at)
                 metrics = sharing.tagged(metrics)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 

@@ -124,27 +124,22 @@ def severity_targets(labels: np.ndarray) -> np.ndarray:
 
 def parse_crop(value: str) -> int:
     """A crop id from a metadata cell: an id 0..9 or a name (case-insensitive). ValueError if neither."""
-    text = str(value).strip().lower().replace("_", " ")
-    if text.isdigit():
-        crop = int(text)
-        if crop < NUM_CROPS:
-            return crop
-        raise ValueError(f"crop id {crop} is outside 0..{NUM_CROPS - 1}")
-    text = _CROP_ALIASES.get(text, text)
-    if text in CROPS:
-        return CROPS.index(text)
-    raise ValueError(f"crop {value!r} is not one of {', '.join(CROPS)} (or an id 0..{NUM_CROPS - 1})")
+    return _parse_id(value, str(value).strip().lower().replace("_", " "), "crop", CROPS, _CROP_ALIASES)
 
 
 def parse_severity(value: str) -> int:
     """A severity id from a metadata cell: 0..2 or healthy/general/serious. ValueError if neither."""
-    text = str(value).strip().lower()
+    return _parse_id(value, str(value).strip().lower(), "severity", SEVERITIES, _SEVERITY_ALIASES)
+
+
+def _parse_id(value: str, text: str, what: str, names, aliases: dict) -> int:
+    """`text` (the normalised cell) as an id into `names`: a number below len(names), a name or an alias."""
+    last = len(names) - 1
     if text.isdigit():
-        severity = int(text)
-        if severity < len(SEVERITIES):
-            return severity
-        raise ValueError(f"severity id {severity} is outside 0..{len(SEVERITIES) - 1}")
-    text = _SEVERITY_ALIASES.get(text, text)
-    if text in SEVERITIES:
-        return SEVERITIES.index(text)
-    raise ValueError(f"severity {value!r} is not one of {', '.join(SEVERITIES)} (or an id 0..2)")
+        if int(text) <= last:
+            return int(text)
+        raise ValueError(f"{what} id {int(text)} is outside 0..{last}")
+    text = aliases.get(text, text)
+    if text in names:
+        return names.index(text)
+    raise ValueError(f"{what} {value!r} is not one of {', '.join(names)} (or an id 0..{last})")
